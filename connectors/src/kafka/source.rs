@@ -1,0 +1,158 @@
+//! A consumer that hands out batches and commits explicit offsets.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::config::KafkaConfig;
+
+/// One consumed record, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes (empty for a tombstone).
+    pub payload: Vec<u8>,
+    /// Headers (name, value).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl RawRecord {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Logs rebalances and counts them.
+#[derive(Debug, Default)]
+pub struct LoggingContext {
+    rebalances: AtomicU64,
+}
+
+impl ClientContext for LoggingContext {}
+
+impl ConsumerContext for LoggingContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = ?partitions(tpl), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = ?partitions(tpl), "partitions assigned"),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+}
+
+/// A subscribed consumer in a group that reads batches and commits offsets
+/// only when told to.
+pub struct BatchSource {
+    consumer: StreamConsumer<LoggingContext>,
+}
+
+impl BatchSource {
+    /// Joins `group` and subscribes to `topics`.
+    pub fn subscribe(cfg: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Self, KafkaError> {
+        let consumer: StreamConsumer<LoggingContext> = cfg.consumer(group).create_with_context(LoggingContext::default())?;
+        consumer.subscribe(topics)?;
+        Ok(Self { consumer })
+    }
+
+    /// Waits for one record, then gathers more until `max` records or `linger`
+    /// has passed since the first.
+    pub async fn next_batch(&self, max: usize, linger: Duration) -> Result<Vec<RawRecord>, KafkaError> {
+        let mut batch = Vec::with_capacity(max.min(4096));
+        let first = self.consumer.recv().await?;
+        batch.push(owned(&first));
+        drop(first);
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(m)) => batch.push(owned(&m)),
+                Ok(Err(e)) => {
+                    if batch.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "consumer error; processing what was read");
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits, synchronously, the offset after the last record of each
+    /// partition in `batch`, skipping partitions no longer assigned (their new
+    /// owner re-reads them: at-least-once).
+    pub fn commit(&self, batch: &[RawRecord]) -> Result<(), KafkaError> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
+            *e = (*e).max(r.offset + 1);
+        }
+        let assigned = self.consumer.assignment()?;
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if assigned.find_partition(topic, partition).is_some() {
+                tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+            } else {
+                tracing::info!(topic, partition, "skipping commit for a revoked partition");
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync)
+    }
+
+    /// Lag per assigned partition: high watermark minus committed offset.
+    pub fn lag(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+        let assigned = self.consumer.assignment()?;
+        let committed = self.consumer.committed_offsets(assigned, Duration::from_secs(5))?;
+        let mut out = Vec::new();
+        for e in committed.elements() {
+            let (_, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))?;
+            let done = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            out.push((e.topic().to_owned(), e.partition(), (high - done).max(0)));
+        }
+        Ok(out)
+    }
+}
+
+fn owned<M: Message>(m: &M) -> RawRecord {
+    RawRecord {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers: m
+            .headers()
+            .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,8 @@
+//! Connectors: everything that touches the outside world. Kafka (topic admin,
+//! batching source, acknowledging sink), PostgreSQL (pool, migrations), and the
+//! HTTP layer (ingestion API, API keys, rate limits, metrics endpoints).
+
+pub mod http;
+pub mod http_ingest;
+pub mod kafka;
+pub mod postgres;

@@ -1,0 +1,151 @@
+//! The `lifecycle` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lifecycle_connectors::http::auth::{ApiKeys, Role};
+use tokio::sync::watch;
+
+use crate::config::LifecycleConfig;
+
+/// Customer-lifecycle event pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "lifecycle", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); defaults apply without one.
+    #[arg(long, global = true, env = "LIFECYCLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the local stack (tansu, PostgreSQL, schema registry).
+    Stack {
+        /// up, down or status.
+        #[arg(value_enum)]
+        action: StackAction,
+    },
+    /// Run a stage or service until interrupted.
+    Run {
+        /// Which one.
+        #[arg(value_enum)]
+        stage: Stage,
+    },
+    /// Serve the schema registry (what `stack up` starts in the background).
+    Registry,
+    /// Start the stack, run the stages on a demo workload and print what happened.
+    Demo {
+        /// Valid Avro events to produce to Kafka.
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+    },
+    /// Manage API keys.
+    ApiKey {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+/// Stack actions.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StackAction {
+    /// Install what is missing and start what is not running.
+    Up,
+    /// Stop what this project started.
+    Down,
+    /// Show each service.
+    Status,
+}
+
+/// Stages and services.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Stage {
+    /// events.raw -> events.valid | events.dlq.
+    Validate,
+    /// HTTP ingestion API.
+    Ingest,
+}
+
+/// API key actions.
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Create a key and print it (once).
+    Create {
+        /// A name for logs and audit.
+        #[arg(long)]
+        name: String,
+        /// admin, operator or analyst.
+        #[arg(long)]
+        role: String,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id (as printed by create).
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), String> {
+    let cfg = match &cli.config {
+        Some(path) => LifecycleConfig::load(path)?,
+        None => LifecycleConfig::default(),
+    };
+    match cli.command {
+        Command::Stack { action: StackAction::Up } => crate::stack::up(&cfg).await.map_err(|e| e.to_string()),
+        Command::Stack { action: StackAction::Down } => crate::stack::down(&cfg).await.map_err(|e| e.to_string()),
+        Command::Stack { action: StackAction::Status } => {
+            let all = crate::stack::status(&cfg).await;
+            for s in &all {
+                println!("{:<16} {:<22} {:<5} {}", s.name, s.addr, if s.up { "up" } else { "down" }, s.detail);
+            }
+            if all.iter().all(|s| s.up) { Ok(()) } else { Err("some services are down".into()) }
+        }
+        Command::Run { stage: Stage::Validate } => {
+            let handle = crate::stages::validate::StageHandle::new()?;
+            crate::stages::validate::run(&cfg, handle, shutdown_on_signal()).await
+        }
+        Command::Run { stage: Stage::Ingest } => crate::services::run_ingest(&cfg, shutdown_on_signal()).await,
+        Command::Registry => crate::services::run_registry(&cfg, shutdown_on_signal()).await,
+        Command::Demo { events } => crate::demo::run(&cfg, events).await,
+        Command::ApiKey { action } => {
+            let pool = lifecycle_connectors::postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| e.to_string())?;
+            match action {
+                KeyAction::Create { name, role } => {
+                    let role = Role::parse(&role).ok_or_else(|| format!("--role must be admin, operator or analyst, not '{role}'"))?;
+                    let (id, key) = ApiKeys::create(&pool, &name, role).await.map_err(|e| e.to_string())?;
+                    println!("id:   {id}\nrole: {}\nkey:  {key}\n(store the key now: only its SHA-256 is kept)", role.as_str());
+                    Ok(())
+                }
+                KeyAction::Revoke { id } => {
+                    if ApiKeys::revoke(&pool, id).await.map_err(|e| e.to_string())? {
+                        println!("revoked {id}");
+                        Ok(())
+                    } else {
+                        Err(format!("no active key {id}"))
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The whole project's configuration: one TOML file (all sections optional),
+//! validated into typed values before anything does IO.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lifecycle_connectors::http_ingest::IngestConfig;
+use lifecycle_connectors::kafka::config::KafkaConfig;
+use lifecycle_connectors::postgres::PostgresConfig;
+use lifecycle_pipeline::{Limits, TopicNames};
+use lifecycle_schemas::registry::config::RegistryConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::stack::StackConfig;
+use crate::stages::validate::config::ValidateConfig;
+
+/// Validation rules' limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// How far in the future an event timestamp may be, in seconds.
+    pub max_future_skew_secs: u64,
+    /// How old an event may be, in days (the event retention period).
+    pub max_age_days: u64,
+    /// Longest event_id / user_id / session_id, in bytes.
+    pub max_id_len: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_future_skew_secs: l.max_future_skew.as_secs(),
+            max_age_days: l.max_age.as_secs() / 86_400,
+            max_id_len: l.max_id_len,
+        }
+    }
+}
+
+impl ValidationConfig {
+    /// The typed limits.
+    pub fn limits(&self) -> Result<Limits, String> {
+        if self.max_id_len == 0 {
+            return Err("validation.max_id_len must be positive".into());
+        }
+        Ok(Limits {
+            max_future_skew: Duration::from_secs(self.max_future_skew_secs),
+            max_age: Duration::from_secs(self.max_age_days.saturating_mul(86_400)),
+            max_id_len: self.max_id_len,
+        })
+    }
+}
+
+/// The project's configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Brokers.
+    pub kafka: KafkaConfig,
+    /// The pipeline's database (seed schema, API keys).
+    pub postgres: PostgresConfig,
+    /// Base URL of the Confluent-compatible schema registry.
+    pub registry_url: String,
+    /// Topic names.
+    pub topics: TopicNames,
+    /// Directory with `envelope.avsc` and `events/*.avsc` (default: the repo's `schemas/avro`).
+    pub schemas_dir: Option<PathBuf>,
+    /// Validation limits.
+    pub validation: ValidationConfig,
+    /// The validation stage.
+    pub validate: ValidateConfig,
+    /// The HTTP ingestion API.
+    pub ingest: IngestConfig,
+    /// The schema registry service.
+    pub registry: RegistryConfig,
+    /// The local stack.
+    pub stack: StackConfig,
+    /// The file this configuration was read from (passed on to child processes).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            postgres: PostgresConfig::default(),
+            registry_url: "http://127.0.0.1:8081".into(),
+            topics: TopicNames::default(),
+            schemas_dir: None,
+            validation: ValidationConfig::default(),
+            validate: ValidateConfig::default(),
+            ingest: IngestConfig::default(),
+            registry: RegistryConfig::default(),
+            stack: StackConfig::default(),
+            source: None,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    /// Reads a TOML file; missing sections take their defaults.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate()?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<(), String> {
+        self.validation.limits()?;
+        self.ingest.validate()?;
+        self.validate.validate()?;
+        url::Url::parse(&self.registry_url).map_err(|e| format!("registry_url: {e}"))?;
+        Ok(())
+    }
+
+    /// The schema directory in effect.
+    pub fn schemas_dir(&self) -> PathBuf {
+        self.schemas_dir.clone().unwrap_or_else(lifecycle_schemas::files::default_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_partial_files_parse() {
+        LifecycleConfig::default().validate().expect("defaults valid");
+        let cfg: LifecycleConfig = toml::from_str("[topics]\nprefix = \"staging.\"\n[validate]\nmax_batch_records = 100\n").expect("parse");
+        assert_eq!(cfg.topics.prefix, "staging.");
+        assert_eq!(cfg.validate.max_batch_records, 100);
+        assert!(toml::from_str::<LifecycleConfig>("[validate]\nmax_batch = 1\n").is_err(), "unknown keys are rejected");
+    }
+}

@@ -1,0 +1,174 @@
+//! The main job end to end: start the stack, run the ingestion API and the
+//! validation stage, send a demo workload over Kafka and HTTP, and print what
+//! happened, read back from the output topics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lifecycle_connectors::http::auth::{ApiKeys, Role};
+use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+use lifecycle_pipeline::dlq::DlqRecord;
+use lifecycle_pipeline::{Topic, Validator};
+use lifecycle_schemas::SchemaFiles;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::LifecycleConfig;
+use crate::stages::validate::{self, StageHandle};
+use crate::workload::{AvroEncoder, Broken, Workload};
+
+/// High watermarks of every partition of `topic`.
+pub fn high_watermarks(cfg: &LifecycleConfig, topic: &str) -> Result<BTreeMap<i32, i64>, String> {
+    let c: BaseConsumer = cfg.kafka.consumer("lifecycle-demo-reader").create().map_err(|e| e.to_string())?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+            out.insert(p.id(), high);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every record of `topic` from `from` up to the current high watermarks.
+pub fn read_from(cfg: &LifecycleConfig, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<(i32, i64, Option<Vec<u8>>, Vec<u8>)>, String> {
+    let to = high_watermarks(cfg, topic)?;
+    let c: BaseConsumer = cfg.kafka.consumer("lifecycle-demo-reader").create().map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for (&p, &high) in &to {
+        let start = from.get(&p).copied().unwrap_or(0);
+        if high > start {
+            tpl.add_partition_offset(topic, p, Offset::Offset(start)).map_err(|e| e.to_string())?;
+            remaining += high - start;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining == 0 {
+        return Ok(out);
+    }
+    c.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) if m.offset() < to.get(&m.partition()).copied().unwrap_or(0) => {
+                out.push((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the demo; `events` valid events go straight to Kafka as Avro.
+pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
+    println!("== 1. local stack ==");
+    crate::stack::up(cfg).await.map_err(|e| e.to_string())?;
+    let registration = crate::setup::register(cfg).await?;
+    let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
+    let envelope = files.envelope().map_err(|e| e.to_string())?;
+    let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), cfg.validation.limits()?);
+    let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.map_err(|e| e.to_string())?;
+    let (_, api_key) = ApiKeys::create(&pool, "demo", Role::Operator).await.map_err(|e| e.to_string())?;
+
+    println!("\n== 2. stages: ingestion API on http://{} + validation stage ==", cfg.ingest.listen_addr);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handle = StageHandle::new()?;
+    let stage = {
+        let (cfg, handle, rx) = (cfg.clone(), handle.clone(), stop_rx.clone());
+        tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
+    };
+    let api = {
+        let (cfg, rx) = (cfg.clone(), stop_rx.clone());
+        tokio::spawn(async move { crate::services::run_ingest(&cfg, rx).await })
+    };
+    let valid_topic = cfg.topics.name(Topic::EventsValid);
+    let dlq_topic = cfg.topics.name(Topic::EventsDlq);
+    let valid_from = high_watermarks(cfg, &valid_topic)?;
+    let dlq_from = high_watermarks(cfg, &dlq_topic)?;
+
+    println!("\n== 3. demo workload ==");
+    let run_id = format!("demo{}", Utc::now().timestamp_millis());
+    let mut w = Workload::new(42, 500, &run_id, Utc::now());
+    let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id: registration.raw_envelope_id };
+    let raw_topic = cfg.topics.name(Topic::EventsRaw);
+    let mut records = Vec::with_capacity(events + 50);
+    for _ in 0..events {
+        let e = w.next_event();
+        let key = e["user_id"].as_str().unwrap_or_default().as_bytes().to_vec();
+        records.push(OutRecord { topic: raw_topic.clone(), key: Some(key), payload: enc.encode(&e)?, headers: vec![] });
+    }
+    let broken_per_kind = 10;
+    for kind in Broken::ALL {
+        for _ in 0..broken_per_kind {
+            records.push(OutRecord { topic: raw_topic.clone(), key: Some(b"broken".to_vec()), payload: w.broken(kind, &enc), headers: vec![] });
+        }
+    }
+    let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
+    sink.send_all(&records).await.map_err(|e| e.to_string())?;
+    println!("kafka: produced {} Confluent-Avro events + {} broken records (5 kinds x {broken_per_kind}) to {raw_topic}", events, records.len() - events);
+
+    let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
+    let base = format!("http://{}", cfg.ingest.listen_addr);
+    crate::stack::wait_for(Duration::from_secs(10), || async { http.get(format!("{base}/healthz")).send().await.is_ok() }).await;
+    let mut batch: Vec<serde_json::Value> = (0..100).map(|_| w.next_event()).collect();
+    batch[3]["event_type"] = json!("transaction.purchase");
+    batch[7]["timestamp"] = json!("next tuesday");
+    let resp = http.post(format!("{base}/events/batch")).bearer_auth(&api_key).json(&json!({ "events": batch })).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    let http_accepted = body["accepted"].as_u64().unwrap_or(0);
+    println!("http: POST /events/batch (100 events, 2 bad) -> {status}: accepted {http_accepted}, rejected {}", body["rejected"]);
+    let mut bad = w.next_event();
+    bad["user_id"] = json!(12345);
+    let resp = http.post(format!("{base}/events")).bearer_auth(&api_key).json(&bad).send().await.map_err(|e| e.to_string())?;
+    println!("http: POST /events with a numeric user_id -> {} {}", resp.status(), resp.text().await.unwrap_or_default());
+
+    let expected = records.len() as u64 + http_accepted;
+    let done = crate::stack::wait_for(Duration::from_secs(120), || async { handle.counts().0 >= expected }).await;
+    let _ = stop_tx.send(true);
+    stage.await.map_err(|e| e.to_string())??;
+    api.await.map_err(|e| e.to_string())??;
+    if !done {
+        return Err(format!("the stage processed {} of {expected} records in 120 s", handle.counts().0));
+    }
+
+    println!("\n== 4. what happened ==");
+    let valid = read_from(cfg, &valid_topic, &valid_from)?;
+    let dlq = read_from(cfg, &dlq_topic, &dlq_from)?;
+    let (cin, cvalid, cdlq) = handle.counts();
+    println!("validation stage: in {cin} = valid {cvalid} + dlq {cdlq}");
+    println!("topics: {} new records on {valid_topic}, {} on {dlq_topic}", valid.len(), dlq.len());
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sample = None;
+    for (_, _, _, payload) in &dlq {
+        if let Ok(rec) = serde_json::from_slice::<DlqRecord>(payload) {
+            *reasons.entry(rec.reason.as_str().to_owned()).or_default() += 1;
+            if sample.is_none() && rec.reason == lifecycle_pipeline::ReasonCode::InvalidProperties {
+                sample = Some(rec);
+            }
+        }
+    }
+    for (reason, n) in &reasons {
+        println!("  dlq reason {reason:<24} {n}");
+    }
+    if let Some(mut s) = sample {
+        s.original_base64 = format!("{}... ({} chars)", &s.original_base64[..24.min(s.original_base64.len())], s.original_base64.len());
+        println!("sample DLQ record:\n{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+    }
+    println!(
+        "\ninspect with kcat: kcat -b {} -C -t {dlq_topic} -o -3 -e   |   registry: curl {}/subjects",
+        cfg.kafka.bootstrap_servers, cfg.registry_url
+    );
+    if cin != cvalid + cdlq || valid.len() as u64 != cvalid || dlq.len() as u64 != cdlq {
+        return Err("counts do not add up".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Jobs: the runnable side of the pipeline. Stages (validation), services (schema
+//! registry, ingestion API), the local stack manager, the demo workload and the
+//! `lifecycle` command line that drives them.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod services;
+pub mod setup;
+pub mod stack;
+pub mod stages;
+pub mod workload;
+
+pub use config::LifecycleConfig;

@@ -1,0 +1,56 @@
+//! Long-running HTTP services: the schema registry and the ingestion API.
+
+use std::sync::Arc;
+
+use lifecycle_connectors::http::auth::ApiKeys;
+use lifecycle_connectors::http::ops;
+use lifecycle_connectors::http_ingest::{router, IngestState};
+use lifecycle_connectors::kafka::sink::KafkaSink;
+use lifecycle_connectors::postgres;
+use lifecycle_pipeline::metrics::HttpMetrics;
+use lifecycle_pipeline::{Topic, Validator};
+use lifecycle_schemas::registry::server::{self, RegistryState};
+use lifecycle_schemas::registry::store::Store;
+use lifecycle_schemas::SchemaFiles;
+use tokio::sync::watch;
+
+use crate::config::LifecycleConfig;
+
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Serves the schema registry until `shutdown`.
+pub async fn run_registry(cfg: &LifecycleConfig, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let pool = postgres::connect(&cfg.registry.postgres).await.map_err(|e| format!("registry database: {e}"))?;
+    let store = Store::new(pool);
+    store.migrate().await.map_err(|e| format!("registry migrations: {e}"))?;
+    let registry = prometheus::Registry::new();
+    let metrics = HttpMetrics::register(&registry).map_err(|e| e.to_string())?;
+    let app = server::router(RegistryState { store, metrics, registry });
+    ops::serve(cfg.registry.listen_addr, app, stopped(shutdown)).await.map_err(|e| format!("registry on {}: {e}", cfg.registry.listen_addr))
+}
+
+/// Builds the ingestion API's state (validator, producer, key store).
+pub async fn ingest_state(cfg: &LifecycleConfig) -> Result<IngestState, String> {
+    cfg.ingest.validate()?;
+    let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
+    let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), cfg.validation.limits()?);
+    let pool = postgres::connect(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
+    let registry = prometheus::Registry::new();
+    Ok(IngestState {
+        config: cfg.ingest.clone(),
+        validator: Arc::new(validator),
+        sink: KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?,
+        raw_topic: cfg.topics.name(Topic::EventsRaw),
+        keys: ApiKeys::new(pool, cfg.ingest.requests_per_minute),
+        metrics: HttpMetrics::register(&registry).map_err(|e| e.to_string())?,
+        registry,
+    })
+}
+
+/// Serves the ingestion API until `shutdown`.
+pub async fn run_ingest(cfg: &LifecycleConfig, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let state = ingest_state(cfg).await?;
+    ops::serve(cfg.ingest.listen_addr, router(state), stopped(shutdown)).await.map_err(|e| format!("ingest API on {}: {e}", cfg.ingest.listen_addr))
+}

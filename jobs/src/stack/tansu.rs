@@ -1,0 +1,76 @@
+//! The tansu broker: built once into the cache, run with sqlite storage.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::proc::{log_file, pid_file, port_open, running_pid, spawn_detached, stop, tail};
+use super::{err, wait_for, ServiceStatus, StackConfig, StackError};
+
+fn binary(s: &StackConfig) -> PathBuf {
+    s.cache_dir.join(format!("tansu-{}", s.tansu_version)).join("bin/tansu")
+}
+
+/// Builds tansu into the cache unless it is there.
+fn install(s: &StackConfig) -> Result<PathBuf, StackError> {
+    let bin = binary(s);
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let root = s.cache_dir.join(format!("tansu-{}", s.tansu_version));
+    println!("tansu: building {} into {} (first time only, about 11 minutes on 2 cores)...", s.tansu_version, root.display());
+    let status = Command::new("cargo")
+        .args(["install", "tansu", "--version", &s.tansu_version, "--locked", "--features", "libsql", "--root"])
+        .arg(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .map_err(|e| err("tansu", format!("cargo install: {e}")))?;
+    if !status.success() || !bin.is_file() {
+        return Err(err("tansu", format!("cargo install tansu failed ({status})")));
+    }
+    Ok(bin)
+}
+
+pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
+    if port_open(s.kafka_port).await {
+        println!("kafka (tansu): already answering on 127.0.0.1:{}", s.kafka_port);
+        return Ok(());
+    }
+    let bin = install(s)?;
+    let dir = s.data_dir.join("tansu");
+    std::fs::create_dir_all(&dir).map_err(|e| err("tansu", e.to_string()))?;
+    let url = format!("tcp://127.0.0.1:{}", s.kafka_port);
+    let mut cmd = Command::new(&bin);
+    cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+        // tansu resolves the sqlite path against its working directory.
+        .arg("sqlite://tansu.db")
+        .env("RUST_LOG", "warn")
+        .current_dir(&dir);
+    let log = log_file(s, "tansu");
+    let pid = spawn_detached("tansu", cmd, &log, &pid_file(s, "tansu"))?;
+    let port = s.kafka_port;
+    let pid_path = pid_file(s, "tansu");
+    let alive_or_open = || async { port_open(port).await || running_pid(&pid_path).is_none() };
+    if !wait_for(Duration::from_secs(30), alive_or_open).await || !port_open(port).await {
+        return Err(err("tansu", format!("not listening after 30 s; log {}:\n{}", log.display(), tail(&log, 20))));
+    }
+    println!("kafka (tansu {}): started, pid {pid}, 127.0.0.1:{port}, data {}", s.tansu_version, dir.display());
+    Ok(())
+}
+
+pub(super) fn down(s: &StackConfig) -> Result<(), StackError> {
+    if stop("tansu", &pid_file(s, "tansu"))? {
+        println!("kafka (tansu): stopped");
+    }
+    Ok(())
+}
+
+pub(super) async fn status(s: &StackConfig) -> ServiceStatus {
+    let pid = running_pid(&pid_file(s, "tansu"));
+    ServiceStatus {
+        name: "kafka (tansu)",
+        addr: format!("127.0.0.1:{}", s.kafka_port),
+        up: port_open(s.kafka_port).await,
+        detail: pid.map_or_else(|| "not started by this project".into(), |p| format!("pid {p}, log {}", log_file(s, "tansu").display())),
+    }
+}

@@ -1,0 +1,4 @@
+//! Stream-processing stages. Each has `config.rs` and `stage.rs`; the logic they
+//! run is pure and lives in `lifecycle_pipeline`.
+
+pub mod validate;

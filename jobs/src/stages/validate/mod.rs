@@ -1,0 +1,6 @@
+//! The validation stage: `events.raw` -> `events.valid` | `events.dlq`.
+
+pub mod config;
+pub mod stage;
+
+pub use stage::{run, StageHandle};

@@ -1,0 +1,230 @@
+//! The stage loop: read a batch, fill the writer-schema cache, validate every
+//! record (pure), produce all outputs, wait for every acknowledgement, then
+//! commit the batch's offsets. A crash between produce and commit re-processes
+//! the batch: delivery is at-least-once and `event_id` identifies duplicates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use lifecycle_connectors::http::ops;
+use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
+use lifecycle_pipeline::avro::Envelope;
+use lifecycle_pipeline::dlq::{DlqRecord, SourceRef};
+use lifecycle_pipeline::metrics::ValidateMetrics;
+use lifecycle_pipeline::process::{self, Outcome, Writer, WriterCache};
+use lifecycle_pipeline::{wire, ReasonCode, Rejection, Topic, Validator};
+use lifecycle_schemas::{RegistryClient, SchemaFiles};
+use tokio::sync::watch;
+
+use crate::config::LifecycleConfig;
+
+/// Counters a caller can read while the stage runs (tests, the demo).
+#[derive(Clone)]
+pub struct StageHandle {
+    /// Metrics (records in/out, DLQ by reason).
+    pub metrics: ValidateMetrics,
+    /// The registry the metrics live in.
+    pub registry: prometheus::Registry,
+}
+
+impl StageHandle {
+    /// Creates metrics in a fresh registry.
+    pub fn new() -> Result<Self, String> {
+        let registry = prometheus::Registry::new();
+        let metrics = ValidateMetrics::register(&registry).map_err(|e| e.to_string())?;
+        Ok(Self { metrics, registry })
+    }
+
+    /// `(in, valid, dlq)` so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let m = &self.metrics;
+        (m.records_in.get(), m.records_out.with_label_values(&["valid"]).get(), m.records_out.with_label_values(&["dlq"]).get())
+    }
+}
+
+struct Ctx {
+    envelope: Envelope,
+    validator: Validator,
+    valid_schema_id: u32,
+    valid_topic: String,
+    dlq_topic: String,
+}
+
+/// Turns one consumed record into its one output record.
+fn output(ctx: &Ctx, cache: &WriterCache, r: &RawRecord, now: chrono::DateTime<Utc>, m: &ValidateMetrics) -> OutRecord {
+    let dlq = |rejection: Rejection, event_id: Option<String>| {
+        m.dlq_reasons.with_label_values(&[rejection.reason.as_str()]).inc();
+        m.records_out.with_label_values(&["dlq"]).inc();
+        let reason = rejection.reason.as_str().as_bytes().to_vec();
+        let src = SourceRef { topic: r.topic.clone(), partition: r.partition, offset: r.offset };
+        let rec = DlqRecord::new(rejection, src, "validate", event_id, r.key.as_deref(), &r.payload, now);
+        OutRecord {
+            topic: ctx.dlq_topic.clone(),
+            key: r.key.clone(),
+            payload: serde_json::to_vec(&rec).unwrap_or_default(),
+            headers: vec![("content-type", b"application/json".to_vec()), ("reason", reason)],
+        }
+    };
+    match process::process(&r.payload, cache, &ctx.envelope, &ctx.validator, now) {
+        Outcome::Valid(event) => match ctx.envelope.encode(&event) {
+            Ok(body) => {
+                m.records_out.with_label_values(&["valid"]).inc();
+                OutRecord {
+                    topic: ctx.valid_topic.clone(),
+                    key: Some(event.user_id.as_bytes().to_vec()),
+                    payload: wire::frame(ctx.valid_schema_id, &body),
+                    headers: vec![
+                        ("event_type", event.event_type.as_str().as_bytes().to_vec()),
+                        ("event_id", event.event_id.as_bytes().to_vec()),
+                    ],
+                }
+            }
+            Err(e) => dlq(Rejection::record(ReasonCode::SchemaMismatch, e.to_string()), Some(event.event_id)),
+        },
+        Outcome::Rejected(rejection, event_id) => dlq(rejection, event_id),
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+}
+
+/// Fetches writer schemas the batch needs; retries while the registry is down.
+async fn fill_cache(
+    client: &RegistryClient,
+    envelope: &Envelope,
+    cache: &mut WriterCache,
+    unknown_since: &mut HashMap<u32, Instant>,
+    ttl: Duration,
+    batch: &[RawRecord],
+    m: &ValidateMetrics,
+) {
+    unknown_since.retain(|id, at| {
+        let keep = at.elapsed() < ttl;
+        if !keep {
+            cache.remove(id);
+        }
+        keep
+    });
+    for id in process::missing_schema_ids(batch.iter().map(|r| r.payload.as_slice()), cache) {
+        let mut attempt = 0;
+        loop {
+            match client.schema_by_id(id).await {
+                Ok(Some(text)) => {
+                    cache.insert(id, Some(Writer::prepare(&text, envelope)));
+                    break;
+                }
+                Ok(None) => {
+                    cache.insert(id, None);
+                    unknown_since.insert(id, Instant::now());
+                    break;
+                }
+                Err(e) => {
+                    m.retries.with_label_values(&["registry"]).inc();
+                    tracing::warn!(schema_id = id, error = %e, attempt, "schema registry unavailable; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the stage until `shutdown` turns true; finishes the batch in hand first.
+pub async fn run(cfg: &LifecycleConfig, handle: StageHandle, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let vc = &cfg.validate;
+    vc.validate()?;
+    let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
+    let envelope = files.envelope().map_err(|e| e.to_string())?;
+    let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), cfg.validation.limits()?);
+    let client = RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?;
+    let registration = crate::setup::register(cfg).await?;
+    let ctx = Ctx {
+        envelope,
+        validator,
+        valid_schema_id: registration.valid_envelope_id,
+        valid_topic: cfg.topics.name(Topic::EventsValid),
+        dlq_topic: cfg.topics.name(Topic::EventsDlq),
+    };
+    let raw_topic = cfg.topics.name(Topic::EventsRaw);
+    let source = BatchSource::subscribe(&cfg.kafka, &vc.group_id, &[&raw_topic]).map_err(|e| e.to_string())?;
+    let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
+    let m = handle.metrics.clone();
+    if let Some(addr) = vc.metrics_addr {
+        let app = Router::new()
+            .route("/metrics", get(ops::metrics_handler))
+            .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+            .with_state(handle.registry.clone());
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let result = ops::serve(addr, app, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = result {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    tracing::info!(input = %raw_topic, valid = %ctx.valid_topic, dlq = %ctx.dlq_topic, group = %vc.group_id, "validation stage started");
+    let mut cache = WriterCache::new();
+    let mut unknown_since = HashMap::new();
+    let ttl = Duration::from_secs(vc.unknown_schema_ttl_secs);
+    let linger = Duration::from_millis(vc.batch_linger_ms);
+    let mut last_lag = Instant::now();
+    loop {
+        let batch = tokio::select! {
+            b = source.next_batch(vc.max_batch_records, linger) => b,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        m.records_in.inc_by(batch.len() as u64);
+        m.batch_size.observe(batch.len() as f64);
+        fill_cache(&client, &ctx.envelope, &mut cache, &mut unknown_since, ttl, &batch, &m).await;
+        let now = Utc::now();
+        let outputs: Vec<OutRecord> = batch.iter().map(|r| output(&ctx, &cache, r, now, &m)).collect();
+        let mut attempt = 0;
+        while let Err(e) = sink.send_all(&outputs).await {
+            m.retries.with_label_values(&["produce"]).inc();
+            tracing::warn!(error = %e, records = outputs.len(), attempt, "produce failed; retrying the batch");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        let mut attempt = 0;
+        while let Err(e) = source.commit(&batch) {
+            m.retries.with_label_values(&["commit"]).inc();
+            if attempt >= 5 {
+                tracing::error!(error = %e, "commit failed 5 times; the batch will be re-processed after a restart");
+                break;
+            }
+            tracing::warn!(error = %e, attempt, "commit failed; retrying");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        m.batch_seconds.observe(started.elapsed().as_secs_f64());
+        if last_lag.elapsed() > Duration::from_secs(5) {
+            last_lag = Instant::now();
+            if let Ok(lags) = source.lag() {
+                for (_, partition, lag) in lags {
+                    m.lag.with_label_values(&[&partition.to_string()]).set(lag);
+                }
+            }
+        }
+        tracing::debug!(records = batch.len(), ms = started.elapsed().as_millis() as u64, "batch done");
+    }
+    tracing::info!("validation stage stopped");
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Every metric the project exports, declared once. Names follow
+//! `lifecycle_<component>_<what>_<unit>` with bounded label sets.
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use crate::reason::ReasonCode;
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Result<Histogram, prometheus::Error> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+/// Metrics of the validation stage.
+#[derive(Clone)]
+pub struct ValidateMetrics {
+    /// Records consumed from events.raw.
+    pub records_in: IntCounter,
+    /// Records by outcome: `valid` or `dlq`.
+    pub records_out: IntCounterVec,
+    /// DLQ records by reason code.
+    pub dlq_reasons: IntCounterVec,
+    /// Records per processed batch.
+    pub batch_size: Histogram,
+    /// Seconds from batch start to committed offsets.
+    pub batch_seconds: Histogram,
+    /// Produce or commit failures that made the stage retry a batch.
+    pub retries: IntCounterVec,
+    /// Consumer lag per partition (high watermark - committed), sampled per batch.
+    pub lag: IntGaugeVec,
+}
+
+impl ValidateMetrics {
+    /// Registers the stage's metrics in `r`.
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            records_in: {
+                let c = IntCounter::new("lifecycle_validate_records_in_total", "Records consumed from events.raw")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            records_out: counter_vec(r, "lifecycle_validate_records_out_total", "Records by outcome", &["outcome"])?,
+            dlq_reasons: counter_vec(r, "lifecycle_validate_dlq_total", "Dead-lettered records by reason", &["reason"])?,
+            batch_size: histogram(r, "lifecycle_validate_batch_records", "Records per batch", exponential_buckets(1.0, 4.0, 9)?)?,
+            batch_seconds: histogram(
+                r,
+                "lifecycle_validate_batch_seconds",
+                "Batch time from first record to committed offsets",
+                exponential_buckets(0.001, 2.0, 14)?,
+            )?,
+            retries: counter_vec(r, "lifecycle_validate_retries_total", "Batch retries by cause", &["cause"])?,
+            lag: {
+                let g = IntGaugeVec::new(
+                    Opts::new("lifecycle_validate_consumer_lag_records", "High watermark minus committed offset"),
+                    &["partition"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+        };
+        for outcome in ["valid", "dlq"] {
+            m.records_out.with_label_values(&[outcome]);
+        }
+        for code in ReasonCode::ALL {
+            m.dlq_reasons.with_label_values(&[code.as_str()]);
+        }
+        Ok(m)
+    }
+}
+
+/// Metrics of an HTTP service (ingestion API, registry).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// Requests by route template, method and status code.
+    pub requests: IntCounterVec,
+    /// Request latency by route template.
+    pub latency: HistogramVec,
+    /// Events accepted or rejected by the ingestion API.
+    pub ingest_events: IntCounterVec,
+}
+
+impl HttpMetrics {
+    /// Registers HTTP metrics in `r`.
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let latency = HistogramVec::new(
+            HistogramOpts::new("lifecycle_http_request_seconds", "Request latency")
+                .buckets(exponential_buckets(0.0005, 2.0, 14)?),
+            &["route"],
+        )?;
+        r.register(Box::new(latency.clone()))?;
+        Ok(Self {
+            requests: counter_vec(r, "lifecycle_http_requests_total", "HTTP requests", &["route", "method", "status"])?,
+            latency,
+            ingest_events: counter_vec(r, "lifecycle_ingest_events_total", "Events received over HTTP by outcome", &["outcome"])?,
+        })
+    }
+}

@@ -1,0 +1,311 @@
+//! Event validation: a JSON object (from the HTTP path, or an Avro envelope turned
+//! into one) becomes an [`Event`] or a [`Rejection`] naming every bad field.
+//!
+//! Pure: the caller passes `now`, so tests pin the clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+use crate::catalog::{json_kind, EventCatalog};
+use crate::event::{DeviceInfo, Event, EventType, Location};
+use crate::reason::{FieldError, ReasonCode, Rejection};
+
+/// The envelope's fields, in the order errors are reported.
+pub const ENVELOPE_FIELDS: [&str; 9] = [
+    "event_id",
+    "user_id",
+    "event_type",
+    "timestamp",
+    "session_id",
+    "event_properties",
+    "device_info",
+    "location",
+    "referrer",
+];
+
+/// Limits applied by the validator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How far in the future a timestamp may lie (clock skew allowance).
+    pub max_future_skew: Duration,
+    /// How old an event may be (older ones fall outside event retention).
+    pub max_age: Duration,
+    /// Longest accepted id (event_id, user_id, session_id).
+    pub max_id_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_future_skew: Duration::from_secs(5 * 60),
+            max_age: Duration::from_secs(365 * 24 * 3600),
+            max_id_len: 128,
+        }
+    }
+}
+
+/// Validates events against the envelope rules and the event catalog.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    catalog: Arc<EventCatalog>,
+    limits: Limits,
+}
+
+impl Validator {
+    /// A validator over `catalog` with `limits`.
+    pub fn new(catalog: Arc<EventCatalog>, limits: Limits) -> Self {
+        Self { catalog, limits }
+    }
+
+    /// The catalog this validator checks event types against.
+    pub fn catalog(&self) -> &EventCatalog {
+        &self.catalog
+    }
+
+    /// Parses JSON bytes and validates the object.
+    pub fn validate_json(&self, bytes: &[u8], now: DateTime<Utc>) -> Result<Event, Rejection> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| Rejection::record(ReasonCode::InvalidJson, format!("invalid JSON: {e}")))?;
+        match value {
+            Value::Object(obj) => self.validate_object(&obj, now),
+            other => Err(Rejection::record(
+                ReasonCode::WrongType,
+                format!("an event must be a JSON object, got {}", json_kind(&other)),
+            )),
+        }
+    }
+
+    /// Validates one event object, collecting every field error.
+    pub fn validate_object(&self, obj: &Map<String, Value>, now: DateTime<Utc>) -> Result<Event, Rejection> {
+        let mut errors = Vec::new();
+        let max = self.limits.max_id_len;
+        let event_id = required_id(obj, "event_id", max, &mut errors);
+        let user_id = required_id(obj, "user_id", max, &mut errors);
+        let event_type = self.event_type(obj, &mut errors);
+        let timestamp = self.timestamp(obj, now, &mut errors);
+        let session_id = required_id(obj, "session_id", max, &mut errors);
+        let event_properties = self.properties(obj, event_type.as_ref(), &mut errors);
+        let device_info = optional_struct::<DeviceInfo>(obj, "device_info", &mut errors);
+        let location = optional_struct::<Location>(obj, "location", &mut errors);
+        let referrer = optional_string(obj, "referrer", 2048, &mut errors);
+        for key in obj.keys() {
+            if !ENVELOPE_FIELDS.contains(&key.as_str()) {
+                errors.push(FieldError::new(
+                    key.as_str(),
+                    ReasonCode::UnknownField,
+                    "not an envelope field (put type-specific data in event_properties)",
+                ));
+            }
+        }
+        if let Some(rejection) = Rejection::from_errors(errors) {
+            return Err(rejection);
+        }
+        match (event_id, user_id, event_type, timestamp, session_id) {
+            (Some(event_id), Some(user_id), Some(event_type), Some(timestamp), Some(session_id)) => Ok(Event {
+                event_id,
+                user_id,
+                event_type,
+                timestamp,
+                session_id,
+                event_properties,
+                device_info,
+                location,
+                referrer,
+            }),
+            // Unreachable in practice: every None above pushed an error.
+            _ => Err(Rejection::record(ReasonCode::MissingRequiredField, "required field missing")),
+        }
+    }
+
+    fn event_type(&self, obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<EventType> {
+        let raw = required_string(obj, "event_type", errors)?;
+        match EventType::parse(raw) {
+            Err(msg) => {
+                errors.push(FieldError::new("event_type", ReasonCode::InvalidEventType, msg));
+                None
+            }
+            Ok(t) if !self.catalog.contains(t.as_str()) => {
+                errors.push(FieldError::new(
+                    "event_type",
+                    ReasonCode::UnknownEventType,
+                    format!("'{t}' has no registered schema (add schemas/events/{t}.avsc)"),
+                ));
+                None
+            }
+            Ok(t) => Some(t),
+        }
+    }
+
+    fn timestamp(&self, obj: &Map<String, Value>, now: DateTime<Utc>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
+        let ts = match obj.get("timestamp") {
+            None | Some(Value::Null) => {
+                errors.push(missing("timestamp", "RFC 3339 string or epoch milliseconds"));
+                return None;
+            }
+            Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
+                Ok(t) => t.with_timezone(&Utc),
+                Err(e) => {
+                    errors.push(FieldError::new(
+                        "timestamp",
+                        ReasonCode::InvalidTimestamp,
+                        format!("'{s}' is not an RFC 3339 timestamp: {e}"),
+                    ));
+                    return None;
+                }
+            },
+            Some(Value::Number(n)) => match n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()) {
+                Some(t) => t,
+                None => {
+                    errors.push(FieldError::new(
+                        "timestamp",
+                        ReasonCode::InvalidTimestamp,
+                        format!("{n} is not an integer number of epoch milliseconds"),
+                    ));
+                    return None;
+                }
+            },
+            Some(other) => {
+                errors.push(wrong_type("timestamp", "RFC 3339 string or epoch milliseconds", other));
+                return None;
+            }
+        };
+        let skew = chrono::Duration::from_std(self.limits.max_future_skew).unwrap_or(chrono::Duration::MAX);
+        let age = chrono::Duration::from_std(self.limits.max_age).unwrap_or(chrono::Duration::MAX);
+        if ts > now + skew {
+            errors.push(FieldError::new(
+                "timestamp",
+                ReasonCode::TimestampOutOfRange,
+                format!("{} is more than {}s in the future", ts.to_rfc3339(), skew.num_seconds()),
+            ));
+            return None;
+        }
+        if ts < now - age {
+            errors.push(FieldError::new(
+                "timestamp",
+                ReasonCode::TimestampOutOfRange,
+                format!("{} is older than {} days", ts.to_rfc3339(), age.num_days()),
+            ));
+            return None;
+        }
+        // Millisecond precision, as stored in Avro timestamp-millis.
+        Utc.timestamp_millis_opt(ts.timestamp_millis()).single()
+    }
+
+    fn properties(
+        &self,
+        obj: &Map<String, Value>,
+        event_type: Option<&EventType>,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<Map<String, Value>> {
+        match obj.get("event_properties") {
+            None | Some(Value::Null) => {
+                if let Some(t) = event_type {
+                    if self.catalog.requires_properties(t.as_str()) {
+                        self.catalog.check_properties(t.as_str(), &Map::new(), errors);
+                    }
+                }
+                None
+            }
+            Some(Value::Object(props)) => {
+                if let Some(t) = event_type {
+                    self.catalog.check_properties(t.as_str(), props, errors);
+                }
+                Some(props.clone())
+            }
+            Some(other) => {
+                errors.push(wrong_type("event_properties", "object", other));
+                None
+            }
+        }
+    }
+}
+
+fn missing(field: &str, expected: &str) -> FieldError {
+    FieldError::new(field, ReasonCode::MissingRequiredField, format!("required {expected} is missing"))
+}
+
+fn wrong_type(field: &str, expected: &str, got: &Value) -> FieldError {
+    FieldError::new(field, ReasonCode::WrongType, format!("expected {expected}, got {}", json_kind(got)))
+}
+
+fn required_string<'a>(obj: &'a Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<&'a str> {
+    match obj.get(field) {
+        None | Some(Value::Null) => {
+            errors.push(missing(field, "string"));
+            None
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            errors.push(FieldError::new(field, ReasonCode::InvalidValue, "must not be empty"));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            errors.push(wrong_type(field, "string", other));
+            None
+        }
+    }
+}
+
+fn required_id(obj: &Map<String, Value>, field: &str, max_len: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+    let s = required_string(obj, field, errors)?;
+    if s.len() > max_len {
+        errors.push(FieldError::new(field, ReasonCode::InvalidValue, format!("longer than {max_len} bytes")));
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+fn optional_string(obj: &Map<String, Value>, field: &str, max_len: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() > max_len => {
+            errors.push(FieldError::new(field, ReasonCode::InvalidValue, format!("longer than {max_len} bytes")));
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(wrong_type(field, "string", other));
+            None
+        }
+    }
+}
+
+/// Checks an optional object whose members are all optional strings.
+fn optional_struct<T: serde::de::DeserializeOwned>(
+    obj: &Map<String, Value>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(inner)) => {
+            let before = errors.len();
+            for (k, v) in inner {
+                if !matches!(v, Value::String(_) | Value::Null) {
+                    errors.push(wrong_type(&format!("{field}.{k}"), "string", v));
+                }
+            }
+            if errors.len() > before {
+                return None;
+            }
+            match serde_json::from_value(Value::Object(inner.clone())) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    // Only unknown member names remain possible here.
+                    errors.push(FieldError::new(field, ReasonCode::UnknownField, e.to_string()));
+                    None
+                }
+            }
+        }
+        Some(other) => {
+            errors.push(wrong_type(field, "object", other));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
