@@ -129,12 +129,17 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Registry => crate::services::run_registry(&cfg, shutdown_on_signal()).await,
         Command::Demo { events } => crate::demo::run(&cfg, events).await,
         Command::ApiKey { action } => {
-            let pool = lifecycle_connectors::postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| e.to_string())?;
+            let pool =
+                lifecycle_connectors::postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| e.to_string())?;
             match action {
                 KeyAction::Create { name, role } => {
-                    let role = Role::parse(&role).ok_or_else(|| format!("--role must be admin, operator or analyst, not '{role}'"))?;
+                    let role = Role::parse(&role)
+                        .ok_or_else(|| format!("--role must be admin, operator or analyst, not '{role}'"))?;
                     let (id, key) = ApiKeys::create(&pool, &name, role).await.map_err(|e| e.to_string())?;
-                    println!("id:   {id}\nrole: {}\nkey:  {key}\n(store the key now: only its SHA-256 is kept)", role.as_str());
+                    println!(
+                        "id:   {id}\nrole: {}\nkey:  {key}\n(store the key now: only its SHA-256 is kept)",
+                        role.as_str()
+                    );
                     Ok(())
                 }
                 KeyAction::Revoke { id } => {

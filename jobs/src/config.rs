@@ -130,7 +130,8 @@ mod tests {
     #[test]
     fn defaults_validate_and_partial_files_parse() {
         LifecycleConfig::default().validate().expect("defaults valid");
-        let cfg: LifecycleConfig = toml::from_str("[topics]\nprefix = \"staging.\"\n[validate]\nmax_batch_records = 100\n").expect("parse");
+        let cfg: LifecycleConfig =
+            toml::from_str("[topics]\nprefix = \"staging.\"\n[validate]\nmax_batch_records = 100\n").expect("parse");
         assert_eq!(cfg.topics.prefix, "staging.");
         assert_eq!(cfg.validate.max_batch_records, 100);
         assert!(toml::from_str::<LifecycleConfig>("[validate]\nmax_batch = 1\n").is_err(), "unknown keys are rejected");

@@ -36,8 +36,11 @@ pub fn high_watermarks(cfg: &LifecycleConfig, topic: &str) -> Result<BTreeMap<i3
     Ok(out)
 }
 
+/// A record read back: (partition, offset, key, payload).
+pub type Fetched = (i32, i64, Option<Vec<u8>>, Vec<u8>);
+
 /// Reads every record of `topic` from `from` up to the current high watermarks.
-pub fn read_from(cfg: &LifecycleConfig, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<(i32, i64, Option<Vec<u8>>, Vec<u8>)>, String> {
+pub fn read_from(cfg: &LifecycleConfig, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<Fetched>, String> {
     let to = high_watermarks(cfg, topic)?;
     let c: BaseConsumer = cfg.kafka.consumer("lifecycle-demo-reader").create().map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
@@ -58,7 +61,12 @@ pub fn read_from(cfg: &LifecycleConfig, topic: &str, from: &BTreeMap<i32, i64>) 
     while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
         match c.poll(Duration::from_millis(500)) {
             Some(Ok(m)) if m.offset() < to.get(&m.partition()).copied().unwrap_or(0) => {
-                out.push((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+                out.push((
+                    m.partition(),
+                    m.offset(),
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
             }
             Some(Ok(_)) | None => {}
             Some(Err(e)) => return Err(e.to_string()),
@@ -108,28 +116,54 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     let broken_per_kind = 10;
     for kind in Broken::ALL {
         for _ in 0..broken_per_kind {
-            records.push(OutRecord { topic: raw_topic.clone(), key: Some(b"broken".to_vec()), payload: w.broken(kind, &enc), headers: vec![] });
+            records.push(OutRecord {
+                topic: raw_topic.clone(),
+                key: Some(b"broken".to_vec()),
+                payload: w.broken(kind, &enc),
+                headers: vec![],
+            });
         }
     }
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
     sink.send_all(&records).await.map_err(|e| e.to_string())?;
-    println!("kafka: produced {} Confluent-Avro events + {} broken records (5 kinds x {broken_per_kind}) to {raw_topic}", events, records.len() - events);
+    println!(
+        "kafka: produced {} Confluent-Avro events + {} broken records (5 kinds x {broken_per_kind}) to {raw_topic}",
+        events,
+        records.len() - events
+    );
 
     let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
     let base = format!("http://{}", cfg.ingest.listen_addr);
-    crate::stack::wait_for(Duration::from_secs(10), || async { http.get(format!("{base}/healthz")).send().await.is_ok() }).await;
+    crate::stack::wait_for(Duration::from_secs(10), || async {
+        http.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
     let mut batch: Vec<serde_json::Value> = (0..100).map(|_| w.next_event()).collect();
     batch[3]["event_type"] = json!("transaction.purchase");
     batch[7]["timestamp"] = json!("next tuesday");
-    let resp = http.post(format!("{base}/events/batch")).bearer_auth(&api_key).json(&json!({ "events": batch })).send().await.map_err(|e| e.to_string())?;
+    let resp = http
+        .post(format!("{base}/events/batch"))
+        .bearer_auth(&api_key)
+        .json(&json!({ "events": batch }))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
     let http_accepted = body["accepted"].as_u64().unwrap_or(0);
-    println!("http: POST /events/batch (100 events, 2 bad) -> {status}: accepted {http_accepted}, rejected {}", body["rejected"]);
+    println!(
+        "http: POST /events/batch (100 events, 2 bad) -> {status}: accepted {http_accepted}, rejected {}",
+        body["rejected"]
+    );
     let mut bad = w.next_event();
     bad["user_id"] = json!(12345);
-    let resp = http.post(format!("{base}/events")).bearer_auth(&api_key).json(&bad).send().await.map_err(|e| e.to_string())?;
-    println!("http: POST /events with a numeric user_id -> {} {}", resp.status(), resp.text().await.unwrap_or_default());
+    let resp =
+        http.post(format!("{base}/events")).bearer_auth(&api_key).json(&bad).send().await.map_err(|e| e.to_string())?;
+    println!(
+        "http: POST /events with a numeric user_id -> {} {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
 
     let expected = records.len() as u64 + http_accepted;
     let done = crate::stack::wait_for(Duration::from_secs(120), || async { handle.counts().0 >= expected }).await;
@@ -160,7 +194,8 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         println!("  dlq reason {reason:<24} {n}");
     }
     if let Some(mut s) = sample {
-        s.original_base64 = format!("{}... ({} chars)", &s.original_base64[..24.min(s.original_base64.len())], s.original_base64.len());
+        s.original_base64 =
+            format!("{}... ({} chars)", &s.original_base64[..24.min(s.original_base64.len())], s.original_base64.len());
         println!("sample DLQ record:\n{}", serde_json::to_string_pretty(&s).unwrap_or_default());
     }
     println!(

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use lifecycle_connectors::http::auth::ApiKeys;
 use lifecycle_connectors::http::ops;
-use lifecycle_connectors::http_ingest::{router, IngestState};
+use lifecycle_connectors::http_ingest::{IngestState, router};
 use lifecycle_connectors::kafka::sink::KafkaSink;
 use lifecycle_connectors::postgres;
 use lifecycle_pipeline::metrics::HttpMetrics;
 use lifecycle_pipeline::{Topic, Validator};
+use lifecycle_schemas::SchemaFiles;
 use lifecycle_schemas::registry::server::{self, RegistryState};
 use lifecycle_schemas::registry::store::Store;
-use lifecycle_schemas::SchemaFiles;
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
@@ -28,7 +28,9 @@ pub async fn run_registry(cfg: &LifecycleConfig, shutdown: watch::Receiver<bool>
     let registry = prometheus::Registry::new();
     let metrics = HttpMetrics::register(&registry).map_err(|e| e.to_string())?;
     let app = server::router(RegistryState { store, metrics, registry });
-    ops::serve(cfg.registry.listen_addr, app, stopped(shutdown)).await.map_err(|e| format!("registry on {}: {e}", cfg.registry.listen_addr))
+    ops::serve(cfg.registry.listen_addr, app, stopped(shutdown))
+        .await
+        .map_err(|e| format!("registry on {}: {e}", cfg.registry.listen_addr))
 }
 
 /// Builds the ingestion API's state (validator, producer, key store).
@@ -52,5 +54,7 @@ pub async fn ingest_state(cfg: &LifecycleConfig) -> Result<IngestState, String> 
 /// Serves the ingestion API until `shutdown`.
 pub async fn run_ingest(cfg: &LifecycleConfig, shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let state = ingest_state(cfg).await?;
-    ops::serve(cfg.ingest.listen_addr, router(state), stopped(shutdown)).await.map_err(|e| format!("ingest API on {}: {e}", cfg.ingest.listen_addr))
+    ops::serve(cfg.ingest.listen_addr, router(state), stopped(shutdown))
+        .await
+        .map_err(|e| format!("ingest API on {}: {e}", cfg.ingest.listen_addr))
 }

@@ -1,9 +1,9 @@
 //! Idempotent setup shared by `stack up`, the demo and every stage: topics with
 //! their partition counts, and the schemas registered.
 
-use lifecycle_connectors::kafka::admin::{ensure_topics, TopicSpec, TopicState};
+use lifecycle_connectors::kafka::admin::{TopicSpec, TopicState, ensure_topics};
 use lifecycle_pipeline::{Topic, TopicNames};
-use lifecycle_schemas::client::{register_all, Registration};
+use lifecycle_schemas::client::{Registration, register_all};
 use lifecycle_schemas::{RegistryClient, SchemaFiles};
 
 use crate::config::LifecycleConfig;
@@ -18,7 +18,8 @@ pub fn topic_specs(names: &TopicNames) -> Vec<TopicSpec> {
 
 /// Creates the topics and registers the schemas; prints a line for each.
 pub async fn topics_and_schemas(cfg: &LifecycleConfig) -> Result<Registration, String> {
-    let states = ensure_topics(&cfg.kafka, &topic_specs(&cfg.topics)).await.map_err(|e| format!("creating topics: {e}"))?;
+    let states =
+        ensure_topics(&cfg.kafka, &topic_specs(&cfg.topics)).await.map_err(|e| format!("creating topics: {e}"))?;
     let line: Vec<String> = states
         .iter()
         .map(|(n, s)| match s {

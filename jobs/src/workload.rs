@@ -5,10 +5,10 @@
 use apache_avro::types::Value as Avro;
 use chrono::{DateTime, Utc};
 use lifecycle_pipeline::avro::Envelope;
-use lifecycle_pipeline::{wire, Validator};
+use lifecycle_pipeline::{Validator, wire};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Event types with their relative weights.
 pub const MIX: [(&str, u32); 15] = [
@@ -47,7 +47,8 @@ pub enum Broken {
 
 impl Broken {
     /// All five kinds.
-    pub const ALL: [Broken; 5] = [Self::TruncatedAvro, Self::UnknownSchemaId, Self::MissingUserId, Self::BadEventType, Self::WrongPropertyType];
+    pub const ALL: [Broken; 5] =
+        [Self::TruncatedAvro, Self::UnknownSchemaId, Self::MissingUserId, Self::BadEventType, Self::WrongPropertyType];
 
     /// The reason code the validation stage gives this kind.
     pub fn expected_reason(self) -> lifecycle_pipeline::ReasonCode {
@@ -121,23 +122,41 @@ impl Workload {
         let order = format!("o-{}-{}", self.run_id, self.seq);
         let amount = (r.random_range(500..50_000) as f64) / 100.0;
         let props = match event_type {
-            "user.signup" => json!({"email": format!("user{user}@example.com"), "name": format!("User {user}"), "signup_method": "email"}),
+            "user.signup" => {
+                json!({"email": format!("user{user}@example.com"), "name": format!("User {user}"), "signup_method": "email"})
+            }
             "user.login" => json!({"method": "password"}),
             "user.logout" => json!({"session_duration_ms": r.random_range(1_000..3_600_000)}),
             "user.profile_update" => json!({"country": "DE", "language": "de"}),
             "user.account_deletion" => json!({"reason": "not_needed"}),
-            "engagement.page_view" => json!({"page": format!("/p/{}", r.random_range(0..200)), "duration_ms": r.random_range(100..60_000)}),
+            "engagement.page_view" => {
+                json!({"page": format!("/p/{}", r.random_range(0..200)), "duration_ms": r.random_range(100..60_000)})
+            }
             "engagement.feature_click" => {
                 let feature = ["export", "share", "filter", "search"][r.random_range(0..4)];
                 json!({"feature": feature})
             }
-            "engagement.content_view" => json!({"content_id": format!("c-{}", r.random_range(0..1000)), "content_type": "article"}),
-            "engagement.search" => json!({"query": "running shoes", "results_count": r.random_range(0..100)}),
-            "engagement.share" => json!({"content_id": format!("c-{}", r.random_range(0..1000)), "channel": "email"}),
-            "transaction.cart_add" => json!({"product_id": format!("p-{}", r.random_range(0..500)), "quantity": 1, "price": amount}),
-            "transaction.cart_remove" => json!({"product_id": format!("p-{}", r.random_range(0..500)), "quantity": 1}),
-            "transaction.checkout_start" => json!({"cart_value": amount, "item_count": r.random_range(1..5)}),
-            "transaction.purchase_complete" => json!({"order_id": order, "amount": amount, "currency": "EUR", "item_count": r.random_range(1..5)}),
+            "engagement.content_view" => {
+                json!({"content_id": format!("c-{}", r.random_range(0..1000)), "content_type": "article"})
+            }
+            "engagement.search" => {
+                json!({"query": "running shoes", "results_count": r.random_range(0..100)})
+            }
+            "engagement.share" => {
+                json!({"content_id": format!("c-{}", r.random_range(0..1000)), "channel": "email"})
+            }
+            "transaction.cart_add" => {
+                json!({"product_id": format!("p-{}", r.random_range(0..500)), "quantity": 1, "price": amount})
+            }
+            "transaction.cart_remove" => {
+                json!({"product_id": format!("p-{}", r.random_range(0..500)), "quantity": 1})
+            }
+            "transaction.checkout_start" => {
+                json!({"cart_value": amount, "item_count": r.random_range(1..5)})
+            }
+            "transaction.purchase_complete" => {
+                json!({"order_id": order, "amount": amount, "currency": "EUR", "item_count": r.random_range(1..5)})
+            }
             "transaction.refund" => json!({"order_id": order, "amount": amount, "currency": "EUR"}),
             _ => json!({}),
         };
@@ -236,7 +255,7 @@ pub fn avro_record(event: &Value) -> Vec<(String, Avro)> {
 mod tests {
     use super::*;
     use lifecycle_pipeline::Limits;
-    use lifecycle_schemas::files::{default_dir, SchemaFiles};
+    use lifecycle_schemas::files::{SchemaFiles, default_dir};
     use std::sync::Arc;
 
     #[test]

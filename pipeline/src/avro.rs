@@ -1,9 +1,9 @@
 //! The Avro event envelope: decoding Confluent-framed bodies into the JSON shape
 //! the validator checks, and encoding validated events for `events.valid`.
 
+use apache_avro::Schema;
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::types::Value as Avro;
-use apache_avro::Schema;
 use serde_json::{Map, Number, Value};
 
 use crate::error::PipelineError;
@@ -54,7 +54,12 @@ impl Envelope {
     }
 
     /// Like [`Envelope::decode`], with a walker prepared once per writer schema.
-    pub fn decode_with(&self, writer: &Schema, walker: &StrictWalker, body: &[u8]) -> Result<Map<String, Value>, Rejection> {
+    pub fn decode_with(
+        &self,
+        writer: &Schema,
+        walker: &StrictWalker,
+        body: &[u8],
+    ) -> Result<Map<String, Value>, Rejection> {
         let len = walker
             .datum_len(body)
             .map_err(|e| Rejection::record(ReasonCode::AvroDecodeError, format!("Avro body does not decode: {e}")))?;
@@ -65,7 +70,8 @@ impl Envelope {
             ));
         }
         let mut reader = body;
-        #[allow(deprecated)] // GenericDatumReader needs a builder per call; this is the same code path.
+        #[allow(deprecated)]
+        // GenericDatumReader needs a builder per call; this is the same code path.
         let value = apache_avro::from_avro_datum(writer, &mut reader, Some(&self.schema))
             .map_err(|e| Rejection::record(ReasonCode::AvroDecodeError, format!("Avro body does not decode: {e}")))?;
         if !reader.is_empty() {
@@ -80,11 +86,7 @@ impl Envelope {
         let mut obj = Map::with_capacity(fields.len());
         let mut errors = Vec::new();
         for (name, v) in fields {
-            let json = if name == "event_properties" {
-                properties_from_avro(v, &mut errors)
-            } else {
-                to_json(v)
-            };
+            let json = if name == "event_properties" { properties_from_avro(v, &mut errors) } else { to_json(v) };
             obj.insert(name, json);
         }
         match Rejection::from_errors(errors) {
@@ -109,7 +111,7 @@ impl Envelope {
         let props = event
             .event_properties
             .as_ref()
-            .map(|p| serde_json::to_string(p))
+            .map(serde_json::to_string)
             .transpose()
             .map_err(|e| enc_err(e.to_string()))?;
         let device = match &event.device_info {
@@ -253,7 +255,8 @@ mod tests {
     #[test]
     fn foreign_writer_schema_is_a_mismatch() {
         let env = Envelope::parse(ENVELOPE).expect("envelope");
-        let other = Schema::parse_str(r#"{"type":"record","name":"Event","fields":[{"name":"x","type":"int"}]}"#).expect("schema");
+        let other = Schema::parse_str(r#"{"type":"record","name":"Event","fields":[{"name":"x","type":"int"}]}"#)
+            .expect("schema");
         assert_eq!(env.can_read(&other).expect_err("mismatch").reason, ReasonCode::SchemaMismatch);
     }
 }

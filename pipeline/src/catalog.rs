@@ -147,7 +147,9 @@ fn same_kind(ty: &Ty, v: &Value) -> bool {
 }
 
 fn check_record(path: &str, fields: &[FieldTy], obj: &Map<String, Value>, errors: &mut Vec<FieldError>) {
-    let join = |name: &str| if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
+    let join = |name: &str| {
+        if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") }
+    };
     for field in fields {
         match obj.get(&field.name) {
             None | Some(Value::Null) if field.optional || field.ty.accepts_null() => {}
@@ -185,9 +187,7 @@ impl EventCatalog {
     ///
     /// The avsc must be an Avro record; it is parsed by apache-avro first, so a
     /// schema the registry would reject is rejected here too.
-    pub fn from_schemas<'a>(
-        schemas: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, CatalogError> {
+    pub fn from_schemas<'a>(schemas: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, CatalogError> {
         let mut types = HashMap::new();
         for (event_type, avsc) in schemas {
             let err = |message: String| CatalogError { event_type: event_type.to_owned(), message };
@@ -227,15 +227,15 @@ impl EventCatalog {
 
     /// Whether the type requires any property (so `event_properties` may not be omitted).
     pub fn requires_properties(&self, event_type: &str) -> bool {
-        self.types
-            .get(event_type)
-            .is_some_and(|fields| fields.iter().any(|f| !f.optional && !f.ty.accepts_null()))
+        self.types.get(event_type).is_some_and(|fields| fields.iter().any(|f| !f.optional && !f.ty.accepts_null()))
     }
 }
 
 fn to_ty(json: &Value, names: &mut BTreeMap<String, Ty>) -> Result<Ty, String> {
     match json {
-        Value::String(name) => primitive(name).or_else(|| names.get(name).cloned()).ok_or_else(|| format!("unknown type '{name}'")),
+        Value::String(name) => {
+            primitive(name).or_else(|| names.get(name).cloned()).ok_or_else(|| format!("unknown type '{name}'"))
+        }
         Value::Array(variants) => Ok(Ty::Union(variants.iter().map(|v| to_ty(v, names)).collect::<Result<_, _>>()?)),
         Value::Object(obj) => {
             let ty = obj.get("type").ok_or("type object without 'type'")?;
@@ -263,7 +263,9 @@ fn to_ty(json: &Value, names: &mut BTreeMap<String, Ty>) -> Result<Ty, String> {
                     named(names, &e);
                     Ok(e)
                 }
-                Some("array") => Ok(Ty::Array(Box::new(to_ty(obj.get("items").ok_or("array without 'items'")?, names)?))),
+                Some("array") => {
+                    Ok(Ty::Array(Box::new(to_ty(obj.get("items").ok_or("array without 'items'")?, names)?)))
+                }
                 Some("map") => Ok(Ty::Map(Box::new(to_ty(obj.get("values").ok_or("map without 'values'")?, names)?))),
                 Some("fixed") => {
                     named(names, &Ty::String);
@@ -310,7 +312,10 @@ mod tests {
 
     #[test]
     fn accepts_conforming_properties_and_extra_keys() {
-        assert!(check(json!({"order_id":"o1","amount":9.5,"currency":"EUR","items":2,"skus":["a"],"coupon":"X"})).is_empty());
+        assert!(
+            check(json!({"order_id":"o1","amount":9.5,"currency":"EUR","items":2,"skus":["a"],"coupon":"X"}))
+                .is_empty()
+        );
         assert!(check(json!({"order_id":"o1","amount":10,"currency":"USD"})).is_empty());
     }
 
@@ -335,6 +340,12 @@ mod tests {
     fn rejects_bad_schemas_and_type_names() {
         assert!(EventCatalog::from_schemas([("Bad-Type", PURCHASE)]).is_err());
         assert!(EventCatalog::from_schemas([("a.b", r#""string""#)]).is_err());
-        assert!(EventCatalog::from_schemas([("a.b", r#"{"type":"record","name":"X","fields":[{"name":"f","type":"nope"}]}"#)]).is_err());
+        assert!(
+            EventCatalog::from_schemas([(
+                "a.b",
+                r#"{"type":"record","name":"X","fields":[{"name":"f","type":"nope"}]}"#
+            )])
+            .is_err()
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! `lifecycle_<component>_<what>_<unit>` with bounded label sets.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, exponential_buckets,
 };
 
 use crate::reason::ReasonCode;
@@ -48,8 +48,18 @@ impl ValidateMetrics {
                 c
             },
             records_out: counter_vec(r, "lifecycle_validate_records_out_total", "Records by outcome", &["outcome"])?,
-            dlq_reasons: counter_vec(r, "lifecycle_validate_dlq_total", "Dead-lettered records by reason", &["reason"])?,
-            batch_size: histogram(r, "lifecycle_validate_batch_records", "Records per batch", exponential_buckets(1.0, 4.0, 9)?)?,
+            dlq_reasons: counter_vec(
+                r,
+                "lifecycle_validate_dlq_total",
+                "Dead-lettered records by reason",
+                &["reason"],
+            )?,
+            batch_size: histogram(
+                r,
+                "lifecycle_validate_batch_records",
+                "Records per batch",
+                exponential_buckets(1.0, 4.0, 9)?,
+            )?,
             batch_seconds: histogram(
                 r,
                 "lifecycle_validate_batch_seconds",
@@ -99,7 +109,12 @@ impl HttpMetrics {
         Ok(Self {
             requests: counter_vec(r, "lifecycle_http_requests_total", "HTTP requests", &["route", "method", "status"])?,
             latency,
-            ingest_events: counter_vec(r, "lifecycle_ingest_events_total", "Events received over HTTP by outcome", &["outcome"])?,
+            ingest_events: counter_vec(
+                r,
+                "lifecycle_ingest_events_total",
+                "Events received over HTTP by outcome",
+                &["outcome"],
+            )?,
         })
     }
 }

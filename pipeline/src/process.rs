@@ -67,7 +67,9 @@ pub fn missing_schema_ids<'a>(payloads: impl IntoIterator<Item = &'a [u8]>, cach
 }
 
 /// The outcome of validating one record.
+// Boxing the event would cost an allocation per record on the hot path.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// Passed: the event.
     Valid(Event),
@@ -77,18 +79,37 @@ pub enum Outcome {
 
 /// Decodes and validates one payload. Schema ids absent from `cache` are treated
 /// as unknown, so fill the cache first (see [`missing_schema_ids`]).
-pub fn process(payload: &[u8], cache: &WriterCache, envelope: &Envelope, validator: &Validator, now: DateTime<Utc>) -> Outcome {
+pub fn process(
+    payload: &[u8],
+    cache: &WriterCache,
+    envelope: &Envelope,
+    validator: &Validator,
+    now: DateTime<Utc>,
+) -> Outcome {
     let obj: Map<String, Value> = match wire::sniff(payload) {
         Err(r) => return Outcome::Rejected(r, None),
         Ok(Encoding::Json(bytes)) => match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(o)) => o,
-            Ok(_) => return Outcome::Rejected(Rejection::record(ReasonCode::WrongType, "an event must be a JSON object"), None),
-            Err(e) => return Outcome::Rejected(Rejection::record(ReasonCode::InvalidJson, format!("invalid JSON: {e}")), None),
+            Ok(_) => {
+                return Outcome::Rejected(
+                    Rejection::record(ReasonCode::WrongType, "an event must be a JSON object"),
+                    None,
+                );
+            }
+            Err(e) => {
+                return Outcome::Rejected(
+                    Rejection::record(ReasonCode::InvalidJson, format!("invalid JSON: {e}")),
+                    None,
+                );
+            }
         },
         Ok(Encoding::Avro { schema_id, body }) => {
             let Some(Some(writer)) = cache.get(&schema_id) else {
                 return Outcome::Rejected(
-                    Rejection::record(ReasonCode::UnknownSchemaId, format!("schema id {schema_id} is not in the registry")),
+                    Rejection::record(
+                        ReasonCode::UnknownSchemaId,
+                        format!("schema id {schema_id} is not in the registry"),
+                    ),
                     None,
                 );
             };
@@ -122,12 +143,16 @@ mod tests {
 
     fn setup() -> (Envelope, Validator, WriterCache, DateTime<Utc>) {
         let env = Envelope::parse(ENVELOPE).expect("envelope");
-        let catalog = EventCatalog::from_schemas([("user.login", r#"{"type":"record","name":"L","fields":[]}"#)]).expect("catalog");
+        let catalog = EventCatalog::from_schemas([("user.login", r#"{"type":"record","name":"L","fields":[]}"#)])
+            .expect("catalog");
         let v = Validator::new(Arc::new(catalog), Limits::default());
         let mut cache = WriterCache::new();
         cache.insert(7, Some(Writer::prepare(ENVELOPE, &env)));
         cache.insert(8, None);
-        cache.insert(9, Some(Writer::prepare(r#"{"type":"record","name":"X","fields":[{"name":"a","type":"int"}]}"#, &env)));
+        cache.insert(
+            9,
+            Some(Writer::prepare(r#"{"type":"record","name":"X","fields":[{"name":"a","type":"int"}]}"#, &env)),
+        );
         let now = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).single().expect("date");
         (env, v, cache, now)
     }
@@ -142,7 +167,8 @@ mod tests {
     #[test]
     fn json_and_avro_paths_agree() {
         let (env, v, cache, now) = setup();
-        let json = br#"{"event_id":"e","user_id":"u","event_type":"user.login","timestamp":1763856000000,"session_id":"s"}"#;
+        let json =
+            br#"{"event_id":"e","user_id":"u","event_type":"user.login","timestamp":1763856000000,"session_id":"s"}"#;
         let Outcome::Valid(event) = process(json, &cache, &env, &v, now) else { panic!("json should pass") };
         let framed = wire::frame(7, &env.encode(&event).expect("encode"));
         assert_eq!(process(&framed, &cache, &env, &v, now), Outcome::Valid(event));
@@ -151,16 +177,21 @@ mod tests {
     #[test]
     fn every_malformed_input_gets_its_reason() {
         let (env, v, cache, now) = setup();
-        let json = br#"{"event_id":"e","user_id":"u","event_type":"user.login","timestamp":1763856000000,"session_id":"s"}"#;
+        let json =
+            br#"{"event_id":"e","user_id":"u","event_type":"user.login","timestamp":1763856000000,"session_id":"s"}"#;
         let Outcome::Valid(event) = process(json, &cache, &env, &v, now) else { panic!("valid") };
         let body = env.encode(&event).expect("encode");
-        assert_eq!(reason(process(&wire::frame(7, &body[..body.len() - 3]), &cache, &env, &v, now)), ReasonCode::AvroDecodeError);
+        assert_eq!(
+            reason(process(&wire::frame(7, &body[..body.len() - 3]), &cache, &env, &v, now)),
+            ReasonCode::AvroDecodeError
+        );
         assert_eq!(reason(process(&wire::frame(8, &body), &cache, &env, &v, now)), ReasonCode::UnknownSchemaId);
         assert_eq!(reason(process(&wire::frame(1234, &body), &cache, &env, &v, now)), ReasonCode::UnknownSchemaId);
         assert_eq!(reason(process(&wire::frame(9, &body), &cache, &env, &v, now)), ReasonCode::SchemaMismatch);
         assert_eq!(reason(process(b"{\"event_id\":\"\xc3\x28\"}", &cache, &env, &v, now)), ReasonCode::InvalidJson);
         assert_eq!(reason(process(b"\x01garbage", &cache, &env, &v, now)), ReasonCode::InvalidWireFormat);
-        let wrong = br#"{"event_id":"e","user_id":5,"event_type":"user.login","timestamp":1763856000000,"session_id":"s"}"#;
+        let wrong =
+            br#"{"event_id":"e","user_id":5,"event_type":"user.login","timestamp":1763856000000,"session_id":"s"}"#;
         match process(wrong, &cache, &env, &v, now) {
             Outcome::Rejected(r, id) => {
                 assert_eq!((r.reason, id.as_deref()), (ReasonCode::WrongType, Some("e")));
@@ -168,6 +199,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(missing_schema_ids([&wire::frame(7, &body)[..], &wire::frame(42, &body), &wire::frame(42, b"")], &cache), vec![42]);
+        assert_eq!(
+            missing_schema_ids([&wire::frame(7, &body)[..], &wire::frame(42, &body), &wire::frame(42, b"")], &cache),
+            vec![42]
+        );
     }
 }

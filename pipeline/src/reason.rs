@@ -126,16 +126,10 @@ impl Rejection {
     /// Builds a rejection from field errors; `None` when the list is empty.
     pub fn from_errors(errors: Vec<FieldError>) -> Option<Self> {
         let first = errors.first()?;
-        let reason = if first.field.starts_with("event_properties.") {
-            ReasonCode::InvalidProperties
-        } else {
-            first.code
-        };
-        let message = if first.field.is_empty() {
-            first.message.clone()
-        } else {
-            format!("{}: {}", first.field, first.message)
-        };
+        let reason =
+            if first.field.starts_with("event_properties.") { ReasonCode::InvalidProperties } else { first.code };
+        let message =
+            if first.field.is_empty() { first.message.clone() } else { format!("{}: {}", first.field, first.message) };
         Some(Self { reason, message, errors })
     }
 }

@@ -5,8 +5,8 @@
 //! (lenient for container files), so a truncated record can decode "successfully".
 //! The validation stage runs this walk first so truncation is always an error.
 
-use apache_avro::schema::{InnerDecimalSchema, Name, ResolvedSchema, UuidSchema};
 use apache_avro::Schema;
+use apache_avro::schema::{InnerDecimalSchema, Name, ResolvedSchema, UuidSchema};
 use std::collections::HashMap;
 
 /// Named types of a schema, by fully qualified and by simple name.
@@ -55,11 +55,17 @@ impl StrictWalker {
                 0 | 1 => Ok(()),
                 b => Err(format!("invalid boolean byte {b}")),
             },
-            Schema::Int | Schema::Long | Schema::Date | Schema::TimeMillis | Schema::TimeMicros
-            | Schema::TimestampMillis | Schema::TimestampMicros | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis | Schema::LocalTimestampMicros | Schema::LocalTimestampNanos => {
-                cur.varint().map(|_| ())
-            }
+            Schema::Int
+            | Schema::Long
+            | Schema::Date
+            | Schema::TimeMillis
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => cur.varint().map(|_| ()),
             Schema::Float => cur.take(4).map(|_| ()),
             Schema::Double => cur.take(8).map(|_| ()),
             Schema::String => {

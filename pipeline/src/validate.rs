@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
-use crate::catalog::{json_kind, EventCatalog};
+use crate::catalog::{EventCatalog, json_kind};
 use crate::event::{DeviceInfo, Event, EventType, Location};
 use crate::reason::{FieldError, ReasonCode, Rejection};
 
@@ -139,7 +139,12 @@ impl Validator {
         }
     }
 
-    fn timestamp(&self, obj: &Map<String, Value>, now: DateTime<Utc>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
+    fn timestamp(
+        &self,
+        obj: &Map<String, Value>,
+        now: DateTime<Utc>,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<DateTime<Utc>> {
         let ts = match obj.get("timestamp") {
             None | Some(Value::Null) => {
                 errors.push(missing("timestamp", "RFC 3339 string or epoch milliseconds"));
@@ -202,10 +207,10 @@ impl Validator {
     ) -> Option<Map<String, Value>> {
         match obj.get("event_properties") {
             None | Some(Value::Null) => {
-                if let Some(t) = event_type {
-                    if self.catalog.requires_properties(t.as_str()) {
-                        self.catalog.check_properties(t.as_str(), &Map::new(), errors);
-                    }
+                if let Some(t) = event_type
+                    && self.catalog.requires_properties(t.as_str())
+                {
+                    self.catalog.check_properties(t.as_str(), &Map::new(), errors);
                 }
                 None
             }
@@ -258,7 +263,12 @@ fn required_id(obj: &Map<String, Value>, field: &str, max_len: usize, errors: &m
     Some(s.to_owned())
 }
 
-fn optional_string(obj: &Map<String, Value>, field: &str, max_len: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+fn optional_string(
+    obj: &Map<String, Value>,
+    field: &str,
+    max_len: usize,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     match obj.get(field) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() > max_len => {

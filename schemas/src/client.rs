@@ -40,7 +40,8 @@ impl RegistryClient {
         if status.is_server_error() {
             return Err(SchemasError::Unavailable(format!("{status}: {text}")));
         }
-        let body: ErrorBody = serde_json::from_str(&text).unwrap_or(ErrorBody { error_code: None, message: Some(text) });
+        let body: ErrorBody =
+            serde_json::from_str(&text).unwrap_or(ErrorBody { error_code: None, message: Some(text) });
         Err(SchemasError::Refused {
             status: status.as_u16(),
             error_code: body.error_code.unwrap_or(i64::from(status.as_u16())),
@@ -92,7 +93,12 @@ impl RegistryClient {
 
     /// Whether the registry answers.
     pub async fn ping(&self) -> Result<(), SchemasError> {
-        let resp = self.http.get(format!("{}/subjects", self.base)).send().await.map_err(|e| SchemasError::Unavailable(e.to_string()))?;
+        let resp = self
+            .http
+            .get(format!("{}/subjects", self.base))
+            .send()
+            .await
+            .map_err(|e| SchemasError::Unavailable(e.to_string()))?;
         Self::check(resp).await.map(|_| ())
     }
 }
@@ -122,7 +128,9 @@ pub async fn register_all(
     let valid_envelope_id = client.register(&topics.value_subject(Topic::EventsValid), &files.envelope).await?;
     let mut event_types = Vec::with_capacity(files.event_types.len());
     for (t, text) in &files.event_types {
-        let id = client.register(&crate::files::SchemaFiles::properties_subject(&format!("{}{t}", topics.prefix)), text).await?;
+        let id = client
+            .register(&crate::files::SchemaFiles::properties_subject(&format!("{}{t}", topics.prefix)), text)
+            .await?;
         event_types.push((t.clone(), id));
     }
     Ok(Registration { raw_envelope_id, valid_envelope_id, event_types })

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use lifecycle_pipeline::avro::Envelope;
 use lifecycle_pipeline::EventCatalog;
+use lifecycle_pipeline::avro::Envelope;
 
 use crate::error::SchemasError;
 
@@ -32,8 +32,12 @@ impl SchemaFiles {
         let mut event_types = Vec::new();
         for entry in std::fs::read_dir(&events_dir).map_err(|e| io(&events_dir, e))? {
             let path = entry.map_err(|e| io(&events_dir, e))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            let Some(event_type) = name.strip_suffix(".avsc") else { continue };
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(event_type) = name.strip_suffix(".avsc") else {
+                continue;
+            };
             let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
             event_types.push((event_type.to_owned(), text));
         }
@@ -43,7 +47,8 @@ impl SchemaFiles {
 
     /// The parsed envelope.
     pub fn envelope(&self) -> Result<Envelope, SchemasError> {
-        Envelope::parse(&self.envelope).map_err(|e| SchemasError::Invalid { path: "envelope.avsc".into(), message: e.to_string() })
+        Envelope::parse(&self.envelope)
+            .map_err(|e| SchemasError::Invalid { path: "envelope.avsc".into(), message: e.to_string() })
     }
 
     /// The event catalog built from the event type files.
@@ -68,9 +73,21 @@ mod tests {
         files.envelope().expect("envelope parses");
         let catalog = files.catalog().expect("catalog");
         for t in [
-            "user.signup", "user.login", "user.logout", "user.profile_update", "user.account_deletion",
-            "engagement.page_view", "engagement.feature_click", "engagement.content_view", "engagement.search", "engagement.share",
-            "transaction.cart_add", "transaction.cart_remove", "transaction.checkout_start", "transaction.purchase_complete", "transaction.refund",
+            "user.signup",
+            "user.login",
+            "user.logout",
+            "user.profile_update",
+            "user.account_deletion",
+            "engagement.page_view",
+            "engagement.feature_click",
+            "engagement.content_view",
+            "engagement.search",
+            "engagement.share",
+            "transaction.cart_add",
+            "transaction.cart_remove",
+            "transaction.checkout_start",
+            "transaction.purchase_complete",
+            "transaction.refund",
         ] {
             assert!(catalog.contains(t), "{t}");
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
@@ -130,12 +130,13 @@ impl ApiKeys {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let key = format!("lck_{}", hex::encode(bytes));
-        let id: Uuid = sqlx::query_scalar("INSERT INTO api_keys (name, key_hash, role) VALUES ($1, $2, $3) RETURNING id")
-            .bind(name)
-            .bind(hash_key(&key))
-            .bind(role.as_str())
-            .fetch_one(pool)
-            .await?;
+        let id: Uuid =
+            sqlx::query_scalar("INSERT INTO api_keys (name, key_hash, role) VALUES ($1, $2, $3) RETURNING id")
+                .bind(name)
+                .bind(hash_key(&key))
+                .bind(role.as_str())
+                .fetch_one(pool)
+                .await?;
         Ok((id, key))
     }
 
@@ -152,10 +153,10 @@ impl ApiKeys {
     pub async fn lookup(&self, key: &str) -> Result<Option<Caller>, sqlx::Error> {
         let hash = hash_key(key);
         let now = Instant::now();
-        if let Some((caller, at)) = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&hash) {
-            if now.duration_since(*at) < self.cache_ttl {
-                return Ok(caller.clone());
-            }
+        if let Some((caller, at)) = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&hash)
+            && now.duration_since(*at) < self.cache_ttl
+        {
+            return Ok(caller.clone());
         }
         let row: Option<(Uuid, String, String)> =
             sqlx::query_as("SELECT id, name, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
@@ -200,8 +201,9 @@ pub async fn authenticate(State(keys): State<Arc<ApiKeys>>, mut req: Request, ne
     };
     if let Err(wait) = keys.limiter.check(&caller.key_id.to_string(), Instant::now()) {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limit exceeded for this API key")
-            .with_details(serde_json::json!({ "retry_after_secs": secs }));
+        let mut err =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limit exceeded for this API key")
+                .with_details(serde_json::json!({ "retry_after_secs": secs }));
         err.retry_after_secs = Some(secs.max(1));
         return err.into_response();
     }

@@ -1,6 +1,6 @@
 //! The JSON error body every API returns: `{code, message, details}`.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -25,7 +25,13 @@ pub struct ApiError {
 impl ApiError {
     /// A new error with empty details.
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into(), details: Value::Object(Default::default()), retry_after_secs: None }
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            details: Value::Object(Default::default()),
+            retry_after_secs: None,
+        }
     }
 
     /// Adds details.
@@ -53,10 +59,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(&self)).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(secs) = self.retry_after_secs
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }

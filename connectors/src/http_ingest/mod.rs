@@ -5,8 +5,5 @@
 pub mod config;
 pub mod source;
 
-#[cfg(test)]
-mod tests;
-
 pub use config::IngestConfig;
-pub use source::{router, IngestState};
+pub use source::{IngestState, router};

@@ -8,15 +8,15 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{middleware, Extension, Json, Router};
+use axum::{Extension, Json, Router, middleware};
 use chrono::Utc;
 use lifecycle_pipeline::metrics::HttpMetrics;
 use lifecycle_pipeline::{Rejection, Validator};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::config::IngestConfig;
 use crate::http::auth::{self, Access, ApiKeys, Caller};
-use crate::http::error::{body_error, ApiError};
+use crate::http::error::{ApiError, body_error};
 use crate::http::ops;
 use crate::kafka::sink::{KafkaSink, OutRecord};
 
@@ -45,9 +45,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Builds the router: `/events*` behind API keys, `/healthz`, `/metrics` and
 /// `/openapi.json` open.
 pub fn router(state: IngestState) -> Router {
-    let single = Router::new()
-        .route("/events", post(post_event))
-        .layer(DefaultBodyLimit::max(state.config.max_event_bytes));
+    let single =
+        Router::new().route("/events", post(post_event)).layer(DefaultBodyLimit::max(state.config.max_event_bytes));
     let batch = Router::new()
         .route("/events/batch", post(post_batch))
         .layer(DefaultBodyLimit::max(state.config.max_batch_bytes));
@@ -80,7 +79,7 @@ fn accept(state: &IngestState, value: Value) -> Result<(String, OutRecord), Reje
             return Err(Rejection::record(
                 lifecycle_pipeline::ReasonCode::WrongType,
                 format!("an event must be a JSON object, got {}", lifecycle_pipeline::catalog::json_kind(&other)),
-            ))
+            ));
         }
     };
     if !obj.contains_key("event_id") {
@@ -135,14 +134,26 @@ async fn post_batch(
         Value::Array(items) => items,
         Value::Object(mut o) => match o.remove("events") {
             Some(Value::Array(items)) => items,
-            _ => return Err(ApiError::bad_field("events", "missing_required_field", "body must be {\"events\": [...]} or an array")),
+            _ => {
+                return Err(ApiError::bad_field(
+                    "events",
+                    "missing_required_field",
+                    "body must be {\"events\": [...]} or an array",
+                ));
+            }
         },
-        _ => return Err(ApiError::bad_field("events", "wrong_type", "body must be {\"events\": [...]} or an array")),
+        _ => {
+            return Err(ApiError::bad_field("events", "wrong_type", "body must be {\"events\": [...]} or an array"));
+        }
     };
     let max = state.config.max_batch_events;
     if items.len() > max {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", format!("at most {max} events per batch, got {}", items.len()))
-            .with_details(json!({ "field": "events", "limit": max, "count": items.len() })));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {max} events per batch, got {}", items.len()),
+        )
+        .with_details(json!({ "field": "events", "limit": max, "count": items.len() })));
     }
     if items.is_empty() {
         return Err(ApiError::bad_field("events", "invalid_value", "batch is empty"));
@@ -172,5 +183,6 @@ async fn post_batch(
         ApiError::unavailable("event bus unavailable; retry the batch")
     })?;
     state.metrics.ingest_events.with_label_values(&["accepted"]).inc_by(accepted as u64);
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted, "rejected": rejected, "results": results }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted, "rejected": rejected, "results": results })))
+        .into_response())
 }

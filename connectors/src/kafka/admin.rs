@@ -53,7 +53,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<Vec
                 }
                 out.push((spec.name.clone(), TopicState::Existed(n)));
             }
-            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(topic = %name, %code, "create topic failed")),
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| tracing::error!(topic = %name, %code, "create topic failed"));
+            }
         }
     }
     Ok(out)

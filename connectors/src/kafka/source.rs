@@ -53,7 +53,9 @@ impl ConsumerContext for LoggingContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(partitions = ?partitions(tpl), "partitions assigned"),
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = ?partitions(tpl), "partitions assigned")
+            }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -73,16 +75,20 @@ pub struct BatchSource {
 impl BatchSource {
     /// Joins `group` and subscribes to `topics`.
     pub fn subscribe(cfg: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Self, KafkaError> {
-        let consumer: StreamConsumer<LoggingContext> = cfg.consumer(group).create_with_context(LoggingContext::default())?;
+        let consumer: StreamConsumer<LoggingContext> =
+            cfg.consumer(group).create_with_context(LoggingContext::default())?;
         consumer.subscribe(topics)?;
         Ok(Self { consumer })
     }
 
-    /// Waits for one record, then gathers more until `max` records or `linger`
-    /// has passed since the first.
-    pub async fn next_batch(&self, max: usize, linger: Duration) -> Result<Vec<RawRecord>, KafkaError> {
+    /// Waits up to `idle` for one record (an empty batch when none came), then
+    /// gathers more until `max` records or `linger` has passed since the first.
+    pub async fn next_batch(&self, max: usize, linger: Duration, idle: Duration) -> Result<Vec<RawRecord>, KafkaError> {
         let mut batch = Vec::with_capacity(max.min(4096));
-        let first = self.consumer.recv().await?;
+        let first = match tokio::time::timeout(idle, self.consumer.recv()).await {
+            Err(_) => return Ok(batch),
+            Ok(first) => first?,
+        };
         batch.push(owned(&first));
         drop(first);
         let deadline = tokio::time::Instant::now() + linger;
@@ -102,7 +108,7 @@ impl BatchSource {
         Ok(batch)
     }
 
-    /// Commits, synchronously, the offset after the last record of each
+    /// Commits (needs a multi-threaded tokio runtime), synchronously, the offset after the last record of each
     /// partition in `batch`, skipping partitions no longer assigned (their new
     /// owner re-reads them: at-least-once).
     pub fn commit(&self, batch: &[RawRecord]) -> Result<(), KafkaError> {
@@ -123,11 +129,21 @@ impl BatchSource {
         if tpl.count() == 0 {
             return Ok(());
         }
-        self.consumer.commit(&tpl, CommitMode::Sync)
+        // A synchronous commit waits for the broker: keep it off the async workers' backs.
+        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+    }
+
+    /// Number of partitions currently assigned to this member.
+    pub fn assigned_partitions(&self) -> Result<usize, KafkaError> {
+        Ok(self.consumer.assignment()?.count())
     }
 
     /// Lag per assigned partition: high watermark minus committed offset.
     pub fn lag(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+        tokio::task::block_in_place(|| self.lag_blocking())
+    }
+
+    fn lag_blocking(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
         let assigned = self.consumer.assignment()?;
         let committed = self.consumer.committed_offsets(assigned, Duration::from_secs(5))?;
         let mut out = Vec::new();

@@ -28,6 +28,9 @@ impl std::fmt::Debug for PostgresConfig {
             Ok(u) => u.to_string(),
             Err(_) => "<unparseable url>".into(),
         };
-        f.debug_struct("PostgresConfig").field("url", &redacted).field("max_connections", &self.max_connections).finish()
+        f.debug_struct("PostgresConfig")
+            .field("url", &redacted)
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use super::proc::{log_file, port_open, tail};
-use super::{err, wait_for, ServiceStatus, StackConfig, StackError};
+use super::{ServiceStatus, StackConfig, StackError, err, wait_for};
 use crate::config::LifecycleConfig;
 
 fn is_root() -> bool {
@@ -76,7 +76,11 @@ pub(super) async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
         if !dir.join("PG_VERSION").is_file() {
             std::fs::create_dir_all(&dir).map_err(|e| err("postgres", e.to_string()))?;
             if is_root() {
-                Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().map_err(|e| err("postgres", e.to_string()))?;
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir)
+                    .status()
+                    .map_err(|e| err("postgres", e.to_string()))?;
             }
             let out = pg_command(&bin, "initdb")
                 .arg("-D")
@@ -91,7 +95,11 @@ pub(super) async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
         }
         if is_root() {
             // The log lives outside the data dir; the server (user postgres) writes it.
-            std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| err("postgres", e.to_string()))?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|e| err("postgres", e.to_string()))?;
             Command::new("chown").args(["postgres:postgres"]).arg(&log).status().ok();
         }
         let opts = format!(
@@ -130,7 +138,10 @@ async fn ensure_databases(port: u16) -> Result<(), StackError> {
         .await
         .map_err(|e| err("postgres", e.to_string()))?;
     if role.is_none() {
-        sqlx::query("CREATE ROLE lifecycle LOGIN SUPERUSER").execute(&mut conn).await.map_err(|e| err("postgres", e.to_string()))?;
+        sqlx::query("CREATE ROLE lifecycle LOGIN SUPERUSER")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| err("postgres", e.to_string()))?;
     }
     for db in ["lifecycle", "schema_registry"] {
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
@@ -154,7 +165,12 @@ pub(super) fn down(s: &StackConfig) -> Result<(), StackError> {
         return Ok(());
     }
     let bin = bin_dir()?;
-    let out = pg_command(&bin, "pg_ctl").arg("-D").arg(&dir).args(["-m", "fast", "-w", "stop"]).output().map_err(|e| err("postgres", e.to_string()))?;
+    let out = pg_command(&bin, "pg_ctl")
+        .arg("-D")
+        .arg(&dir)
+        .args(["-m", "fast", "-w", "stop"])
+        .output()
+        .map_err(|e| err("postgres", e.to_string()))?;
     if out.status.success() {
         println!("postgres: stopped");
     }
@@ -163,11 +179,16 @@ pub(super) fn down(s: &StackConfig) -> Result<(), StackError> {
 
 pub(super) async fn status(cfg: &LifecycleConfig) -> ServiceStatus {
     let s = &cfg.stack;
-    let pid = std::fs::read_to_string(data_dir(s).join("postmaster.pid")).ok().and_then(|t| t.lines().next().map(str::to_owned));
+    let pid = std::fs::read_to_string(data_dir(s).join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_owned));
     ServiceStatus {
         name: "postgres",
         addr: format!("127.0.0.1:{}", s.postgres_port),
         up: can_connect(s.postgres_port).await,
-        detail: pid.map_or_else(|| "not started by this project".into(), |p| format!("pid {p}, data {}", data_dir(s).display())),
+        detail: pid.map_or_else(
+            || "not started by this project".into(),
+            |p| format!("pid {p}, data {}", data_dir(s).display()),
+        ),
     }
 }

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{err, StackConfig, StackError};
+use super::{StackConfig, StackError, err};
 
 pub(crate) fn pid_file(s: &StackConfig, name: &str) -> PathBuf {
     s.data_dir.join("run").join(format!("{name}.pid"))
@@ -17,14 +17,24 @@ pub(crate) fn log_file(s: &StackConfig, name: &str) -> PathBuf {
 /// The pid in a pid file, if that process is alive.
 pub(crate) fn running_pid(path: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    let alive = Command::new("kill").args(["-0", &pid.to_string()]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let alive =
+        Command::new("kill").args(["-0", &pid.to_string()]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     alive.then_some(pid)
 }
 
 /// Starts `cmd` in its own process group (it outlives us), output to `log`.
-pub(crate) fn spawn_detached(service: &'static str, mut cmd: Command, log: &Path, pid_path: &Path) -> Result<u32, StackError> {
+pub(crate) fn spawn_detached(
+    service: &'static str,
+    mut cmd: Command,
+    log: &Path,
+    pid_path: &Path,
+) -> Result<u32, StackError> {
     use std::os::unix::process::CommandExt;
-    let out = File::options().create(true).append(true).open(log).map_err(|e| err(service, format!("{}: {e}", log.display())))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| err(service, format!("{}: {e}", log.display())))?;
     let out2 = out.try_clone().map_err(|e| err(service, e.to_string()))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(out2).process_group(0);
     let child = cmd.spawn().map_err(|e| err(service, format!("spawn: {e}")))?;

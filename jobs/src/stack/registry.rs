@@ -4,11 +4,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::proc::{log_file, pid_file, running_pid, spawn_detached, stop, tail};
-use super::{err, wait_for, ServiceStatus, StackConfig, StackError};
+use super::{ServiceStatus, StackConfig, StackError, err, wait_for};
 use crate::config::LifecycleConfig;
 
 async fn healthy(base: &str) -> bool {
-    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build() else { return false };
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build() else {
+        return false;
+    };
     client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success())
 }
 
@@ -54,6 +56,9 @@ pub(super) async fn status(cfg: &LifecycleConfig) -> ServiceStatus {
         name: "schema registry",
         addr: cfg.registry.listen_addr.to_string(),
         up: healthy(&base(cfg)).await,
-        detail: pid.map_or_else(|| "not started by this project".into(), |p| format!("pid {p}, log {}", log_file(s, "registry").display())),
+        detail: pid.map_or_else(
+            || "not started by this project".into(),
+            |p| format!("pid {p}, log {}", log_file(s, "registry").display()),
+        ),
     }
 }

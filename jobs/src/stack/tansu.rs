@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::proc::{log_file, pid_file, port_open, running_pid, spawn_detached, stop, tail};
-use super::{err, wait_for, ServiceStatus, StackConfig, StackError};
+use super::{ServiceStatus, StackConfig, StackError, err, wait_for};
 
 fn binary(s: &StackConfig) -> PathBuf {
     s.cache_dir.join(format!("tansu-{}", s.tansu_version)).join("bin/tansu")
@@ -18,7 +18,11 @@ fn install(s: &StackConfig) -> Result<PathBuf, StackError> {
         return Ok(bin);
     }
     let root = s.cache_dir.join(format!("tansu-{}", s.tansu_version));
-    println!("tansu: building {} into {} (first time only, about 11 minutes on 2 cores)...", s.tansu_version, root.display());
+    println!(
+        "tansu: building {} into {} (first time only, about 11 minutes on 2 cores)...",
+        s.tansu_version,
+        root.display()
+    );
     let status = Command::new("cargo")
         .args(["install", "tansu", "--version", &s.tansu_version, "--locked", "--features", "libsql", "--root"])
         .arg(&root)
@@ -31,8 +35,37 @@ fn install(s: &StackConfig) -> Result<PathBuf, StackError> {
     Ok(bin)
 }
 
+/// Indexes tansu 0.6's sqlite schema lacks. Its fetch path runs `header_fetch.sql`
+/// once per record, joining `header` on (topition, offset_id) with no index: each
+/// fetched record scans every header ever written, so consumption slows to a few
+/// hundred records/s as the store grows. The broker itself stays unmodified.
+const INDEXES: &str = "\
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=60)
+c.execute('create index if not exists lifecycle_header_topition_offset on header (topition, offset_id)')
+c.execute('create index if not exists lifecycle_watermark_topition on watermark (topition)')
+c.commit()
+";
+
+fn add_indexes(s: &StackConfig) -> Result<(), StackError> {
+    let db = s.data_dir.join("tansu").join("tansu.db");
+    if !db.is_file() {
+        return Ok(());
+    }
+    let out = Command::new("python3")
+        .args(["-c", INDEXES])
+        .arg(&db)
+        .output()
+        .map_err(|e| err("tansu", format!("python3 (to index the sqlite store): {e}")))?;
+    if !out.status.success() {
+        return Err(err("tansu", format!("indexing {}: {}", db.display(), String::from_utf8_lossy(&out.stderr))));
+    }
+    Ok(())
+}
+
 pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     if port_open(s.kafka_port).await {
+        add_indexes(s)?;
         println!("kafka (tansu): already answering on 127.0.0.1:{}", s.kafka_port);
         return Ok(());
     }
@@ -54,6 +87,7 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     if !wait_for(Duration::from_secs(30), alive_or_open).await || !port_open(port).await {
         return Err(err("tansu", format!("not listening after 30 s; log {}:\n{}", log.display(), tail(&log, 20))));
     }
+    add_indexes(s)?;
     println!("kafka (tansu {}): started, pid {pid}, 127.0.0.1:{port}, data {}", s.tansu_version, dir.display());
     Ok(())
 }
@@ -71,6 +105,9 @@ pub(super) async fn status(s: &StackConfig) -> ServiceStatus {
         name: "kafka (tansu)",
         addr: format!("127.0.0.1:{}", s.kafka_port),
         up: port_open(s.kafka_port).await,
-        detail: pid.map_or_else(|| "not started by this project".into(), |p| format!("pid {p}, log {}", log_file(s, "tansu").display())),
+        detail: pid.map_or_else(
+            || "not started by this project".into(),
+            |p| format!("pid {p}, log {}", log_file(s, "tansu").display()),
+        ),
     }
 }

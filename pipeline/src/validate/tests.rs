@@ -16,11 +16,9 @@ fn now() -> DateTime<Utc> {
 }
 
 fn validator() -> Validator {
-    let catalog = EventCatalog::from_schemas([
-        ("transaction.purchase_complete", PURCHASE),
-        ("engagement.page_view", PAGE_VIEW),
-    ])
-    .expect("catalog");
+    let catalog =
+        EventCatalog::from_schemas([("transaction.purchase_complete", PURCHASE), ("engagement.page_view", PAGE_VIEW)])
+            .expect("catalog");
     Validator::new(Arc::new(catalog), Limits::default())
 }
 
@@ -66,24 +64,74 @@ fn accepts_epoch_millis_and_missing_optional_properties() {
 
 #[test]
 fn each_rule_has_its_reason() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, ReasonCode, &str)> = vec![
-        ("missing user_id", Box::new(|v| { v.as_object_mut().expect("o").remove("user_id"); }), ReasonCode::MissingRequiredField, "user_id"),
+    type Case = (&'static str, Box<dyn Fn(&mut Value)>, ReasonCode, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "missing user_id",
+            Box::new(|v| {
+                v.as_object_mut().expect("o").remove("user_id");
+            }),
+            ReasonCode::MissingRequiredField,
+            "user_id",
+        ),
         ("null session", Box::new(|v| v["session_id"] = Value::Null), ReasonCode::MissingRequiredField, "session_id"),
         ("numeric user_id", Box::new(|v| v["user_id"] = json!(42)), ReasonCode::WrongType, "user_id"),
         ("empty event_id", Box::new(|v| v["event_id"] = json!("  ")), ReasonCode::InvalidValue, "event_id"),
         ("long event_id", Box::new(|v| v["event_id"] = json!("x".repeat(129))), ReasonCode::InvalidValue, "event_id"),
-        ("camel type", Box::new(|v| v["event_type"] = json!("User.SignUp")), ReasonCode::InvalidEventType, "event_type"),
+        (
+            "camel type",
+            Box::new(|v| v["event_type"] = json!("User.SignUp")),
+            ReasonCode::InvalidEventType,
+            "event_type",
+        ),
         ("no dot", Box::new(|v| v["event_type"] = json!("signup")), ReasonCode::InvalidEventType, "event_type"),
-        ("unknown type", Box::new(|v| v["event_type"] = json!("product.purchase")), ReasonCode::UnknownEventType, "event_type"),
+        (
+            "unknown type",
+            Box::new(|v| v["event_type"] = json!("product.purchase")),
+            ReasonCode::UnknownEventType,
+            "event_type",
+        ),
         ("bad timestamp", Box::new(|v| v["timestamp"] = json!("yesterday")), ReasonCode::InvalidTimestamp, "timestamp"),
         ("bool timestamp", Box::new(|v| v["timestamp"] = json!(true)), ReasonCode::WrongType, "timestamp"),
-        ("future", Box::new(|v| v["timestamp"] = json!("2026-11-23T12:06:00Z")), ReasonCode::TimestampOutOfRange, "timestamp"),
-        ("ancient", Box::new(|v| v["timestamp"] = json!("2020-01-01T00:00:00Z")), ReasonCode::TimestampOutOfRange, "timestamp"),
-        ("props not object", Box::new(|v| v["event_properties"] = json!("{}")), ReasonCode::WrongType, "event_properties"),
-        ("bad amount", Box::new(|v| v["event_properties"]["amount"] = json!("19.99")), ReasonCode::InvalidProperties, "event_properties.amount"),
-        ("props missing", Box::new(|v| { v.as_object_mut().expect("o").remove("event_properties"); }), ReasonCode::InvalidProperties, "event_properties.order_id"),
+        (
+            "future",
+            Box::new(|v| v["timestamp"] = json!("2026-11-23T12:06:00Z")),
+            ReasonCode::TimestampOutOfRange,
+            "timestamp",
+        ),
+        (
+            "ancient",
+            Box::new(|v| v["timestamp"] = json!("2020-01-01T00:00:00Z")),
+            ReasonCode::TimestampOutOfRange,
+            "timestamp",
+        ),
+        (
+            "props not object",
+            Box::new(|v| v["event_properties"] = json!("{}")),
+            ReasonCode::WrongType,
+            "event_properties",
+        ),
+        (
+            "bad amount",
+            Box::new(|v| v["event_properties"]["amount"] = json!("19.99")),
+            ReasonCode::InvalidProperties,
+            "event_properties.amount",
+        ),
+        (
+            "props missing",
+            Box::new(|v| {
+                v.as_object_mut().expect("o").remove("event_properties");
+            }),
+            ReasonCode::InvalidProperties,
+            "event_properties.order_id",
+        ),
         ("device type", Box::new(|v| v["device_info"]["os"] = json!(1)), ReasonCode::WrongType, "device_info.os"),
-        ("device unknown", Box::new(|v| v["device_info"]["ram"] = json!("8G")), ReasonCode::UnknownField, "device_info"),
+        (
+            "device unknown",
+            Box::new(|v| v["device_info"]["ram"] = json!("8G")),
+            ReasonCode::UnknownField,
+            "device_info",
+        ),
         ("typo field", Box::new(|v| v["evnt_type"] = json!("x.y")), ReasonCode::UnknownField, "evnt_type"),
     ];
     for (name, mutate, reason, field) in cases {

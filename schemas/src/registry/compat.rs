@@ -1,7 +1,7 @@
 //! Compatibility levels and checks, as Confluent defines them, done by apache-avro.
 
-use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::Schema;
+use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use serde::{Deserialize, Serialize};
 
 /// A Confluent compatibility level.
@@ -71,15 +71,11 @@ pub fn check(level: Level, new: &Schema, existing: &[(i32, Schema)]) -> Result<(
     let forward = matches!(level, Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive);
     let mut messages = Vec::new();
     for (version, old) in against {
-        if backward {
-            if let Err(e) = reads(old, new) {
-                messages.push(format!("new schema cannot read data written with version {version}: {e}"));
-            }
+        if backward && let Err(e) = reads(old, new) {
+            messages.push(format!("new schema cannot read data written with version {version}: {e}"));
         }
-        if forward {
-            if let Err(e) = reads(new, old) {
-                messages.push(format!("version {version} cannot read data written with the new schema: {e}"));
-            }
+        if forward && let Err(e) = reads(new, old) {
+            messages.push(format!("version {version} cannot read data written with the new schema: {e}"));
         }
     }
     if messages.is_empty() { Ok(()) } else { Err(messages) }

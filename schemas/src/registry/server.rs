@@ -7,11 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{middleware, Json, Router};
+use axum::{Json, Router, middleware};
 use lifecycle_connectors::http::ops;
 use lifecycle_pipeline::metrics::HttpMetrics;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::compat::{self, Level};
 use super::store::{Registered, Store, StoreError, VersionSel};
@@ -106,7 +106,9 @@ fn parse_version(subject: &str, v: &str) -> Result<VersionSel, SrError> {
             _ => Err(SrError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 42202,
-                format!("The specified version '{v}' of subject '{subject}' is not valid. Versions are positive integers or 'latest'."),
+                format!(
+                    "The specified version '{v}' of subject '{subject}' is not valid. Versions are positive integers or 'latest'."
+                ),
             )),
         },
     }
@@ -127,10 +129,10 @@ fn schema_from_body(body: &[u8]) -> Result<(String, String, apache_avro::Schema)
     let b: SchemaBody = serde_json::from_slice(body)
         .map_err(|e| SrError::new(StatusCode::UNPROCESSABLE_ENTITY, 422, format!("Unrecognized request body: {e}")))?;
     let text = b.schema.ok_or_else(|| SrError::invalid_schema("Empty schema: the 'schema' field is required"))?;
-    if let Some(t) = b.schema_type.as_deref() {
-        if !t.eq_ignore_ascii_case("AVRO") {
-            return Err(SrError::invalid_schema(format!("Schema type {t} is not supported by this registry (AVRO only)")));
-        }
+    if let Some(t) = b.schema_type.as_deref()
+        && !t.eq_ignore_ascii_case("AVRO")
+    {
+        return Err(SrError::invalid_schema(format!("Schema type {t} is not supported by this registry (AVRO only)")));
     }
     if !b.references.is_empty() {
         return Err(SrError::invalid_schema("Schema references are not supported by this registry"));
@@ -170,7 +172,8 @@ pub fn router(state: RegistryState) -> Router {
 async fn healthz(State(s): State<RegistryState>) -> Response {
     match s.store.ping().await {
         Ok(()) => Json(json!({"status": "ok"})).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "error": e.to_string()}))).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "error": e.to_string()})))
+            .into_response(),
     }
 }
 
@@ -190,19 +193,30 @@ async fn raw_schema_by_id(State(s): State<RegistryState>, Path(id): Path<String>
     ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn subjects_by_id(State(s): State<RegistryState>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn subjects_by_id(
+    State(s): State<RegistryState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     let id: i32 = id.parse().map_err(|_| SrError::schema_not_found())?;
     s.store.schema_by_id(id).await?.ok_or_else(SrError::schema_not_found)?;
-    let mut subjects: Vec<String> = s.store.usages(id, flag(&q, "deleted")).await?.into_iter().map(|(s, _)| s).collect();
+    let mut subjects: Vec<String> =
+        s.store.usages(id, flag(&q, "deleted")).await?.into_iter().map(|(s, _)| s).collect();
     subjects.dedup();
     ok(json!(subjects))
 }
 
-async fn versions_by_id(State(s): State<RegistryState>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn versions_by_id(
+    State(s): State<RegistryState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     let id: i32 = id.parse().map_err(|_| SrError::schema_not_found())?;
     s.store.schema_by_id(id).await?.ok_or_else(SrError::schema_not_found)?;
     let usages = s.store.usages(id, flag(&q, "deleted")).await?;
-    ok(json!(usages.iter().map(|(subject, version)| json!({"subject": subject, "version": version})).collect::<Vec<_>>()))
+    ok(json!(
+        usages.iter().map(|(subject, version)| json!({"subject": subject, "version": version})).collect::<Vec<_>>()
+    ))
 }
 
 async fn subjects(State(s): State<RegistryState>, Query(q): Query<HashMap<String, String>>) -> SrResult {
@@ -210,7 +224,11 @@ async fn subjects(State(s): State<RegistryState>, Query(q): Query<HashMap<String
     ok(json!(s.store.subjects(flag(&q, "deleted"), prefix).await?))
 }
 
-async fn versions(State(s): State<RegistryState>, Path(subject): Path<String>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn versions(
+    State(s): State<RegistryState>,
+    Path(subject): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     let v = s.store.versions(&subject, flag(&q, "deleted")).await?;
     if v.is_empty() {
         return Err(SrError::subject_not_found(&subject));
@@ -225,7 +243,12 @@ async fn register(State(s): State<RegistryState>, Path(subject): Path<String>, b
     ok(json!({ "id": r.id }))
 }
 
-async fn lookup(State(s): State<RegistryState>, Path(subject): Path<String>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> SrResult {
+async fn lookup(
+    State(s): State<RegistryState>,
+    Path(subject): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> SrResult {
     let (_, identity, _) = schema_from_body(&body)?;
     let deleted = flag(&q, "deleted");
     match s.store.lookup(&subject, &identity, deleted).await? {
@@ -235,7 +258,12 @@ async fn lookup(State(s): State<RegistryState>, Path(subject): Path<String>, Que
     }
 }
 
-async fn get_version(s: &RegistryState, subject: &str, v: &str, q: &HashMap<String, String>) -> Result<Registered, SrError> {
+async fn get_version(
+    s: &RegistryState,
+    subject: &str,
+    v: &str,
+    q: &HashMap<String, String>,
+) -> Result<Registered, SrError> {
     let sel = parse_version(subject, v)?;
     if let Some(r) = s.store.version(subject, sel, flag(q, "deleted")).await? {
         return Ok(r);
@@ -247,34 +275,58 @@ async fn get_version(s: &RegistryState, subject: &str, v: &str, q: &HashMap<Stri
     }
 }
 
-async fn version(State(s): State<RegistryState>, Path((subject, v)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn version(
+    State(s): State<RegistryState>,
+    Path((subject, v)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     ok(version_json(&get_version(&s, &subject, &v, &q).await?))
 }
 
-async fn version_schema(State(s): State<RegistryState>, Path((subject, v)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn version_schema(
+    State(s): State<RegistryState>,
+    Path((subject, v)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     let r = get_version(&s, &subject, &v, &q).await?;
     ok(serde_json::from_str(&r.schema).unwrap_or(Value::String(r.schema)))
 }
 
-async fn referenced_by(State(s): State<RegistryState>, Path((subject, v)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn referenced_by(
+    State(s): State<RegistryState>,
+    Path((subject, v)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     get_version(&s, &subject, &v, &q).await?;
     ok(json!([]))
 }
 
-async fn delete_subject(State(s): State<RegistryState>, Path(subject): Path<String>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn delete_subject(
+    State(s): State<RegistryState>,
+    Path(subject): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     let permanent = flag(&q, "permanent");
     let deleted = s.store.delete_subject(&subject, permanent).await?;
     if deleted.is_empty() {
         let live = s.store.versions(&subject, false).await?;
         if permanent && !live.is_empty() {
-            return Err(SrError::new(StatusCode::NOT_FOUND, 40405, format!("Subject '{subject}' was not deleted first before being permanently deleted")));
+            return Err(SrError::new(
+                StatusCode::NOT_FOUND,
+                40405,
+                format!("Subject '{subject}' was not deleted first before being permanently deleted"),
+            ));
         }
         return Err(SrError::subject_not_found(&subject));
     }
     ok(json!(deleted))
 }
 
-async fn delete_version(State(s): State<RegistryState>, Path((subject, v)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn delete_version(
+    State(s): State<RegistryState>,
+    Path((subject, v)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     let permanent = flag(&q, "permanent");
     let number = match parse_version(&subject, &v)? {
         VersionSel::Number(n) => n,
@@ -283,12 +335,22 @@ async fn delete_version(State(s): State<RegistryState>, Path((subject, v)): Path
     match s.store.delete_version(&subject, number, permanent).await? {
         Some(n) => ok(json!(n)),
         None if s.store.versions(&subject, true).await?.is_empty() => Err(SrError::subject_not_found(&subject)),
-        None if permanent => Err(SrError::new(StatusCode::NOT_FOUND, 40407, format!("Subject '{subject}' Version {v} was not deleted first before being permanently deleted"))),
+        None if permanent => Err(SrError::new(
+            StatusCode::NOT_FOUND,
+            40407,
+            format!("Subject '{subject}' Version {v} was not deleted first before being permanently deleted"),
+        )),
         None => Err(SrError::version_not_found(&subject, &v)),
     }
 }
 
-async fn compatibility(s: &RegistryState, subject: &str, against: Option<&str>, q: &HashMap<String, String>, body: &[u8]) -> SrResult {
+async fn compatibility(
+    s: &RegistryState,
+    subject: &str,
+    against: Option<&str>,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> SrResult {
     let (_, _, schema) = schema_from_body(body)?;
     let level = match s.store.level(subject).await? {
         Some(l) => l,
@@ -298,12 +360,16 @@ async fn compatibility(s: &RegistryState, subject: &str, against: Option<&str>, 
     match against {
         Some(v) => {
             let r = get_version(s, subject, v, q).await?;
-            existing.push((r.version, compat::parse(&r.schema).map_err(|e| SrError::from(StoreError::Corrupt(r.id, e)))?));
+            existing
+                .push((r.version, compat::parse(&r.schema).map_err(|e| SrError::from(StoreError::Corrupt(r.id, e)))?));
         }
         None => {
             for n in s.store.versions(subject, false).await? {
                 if let Some(r) = s.store.version(subject, VersionSel::Number(n), false).await? {
-                    existing.push((r.version, compat::parse(&r.schema).map_err(|e| SrError::from(StoreError::Corrupt(r.id, e)))?));
+                    existing.push((
+                        r.version,
+                        compat::parse(&r.schema).map_err(|e| SrError::from(StoreError::Corrupt(r.id, e)))?,
+                    ));
                 }
             }
         }
@@ -327,11 +393,21 @@ fn non_transitive(level: Level) -> Level {
     }
 }
 
-async fn compatibility_one(State(s): State<RegistryState>, Path((subject, v)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> SrResult {
+async fn compatibility_one(
+    State(s): State<RegistryState>,
+    Path((subject, v)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> SrResult {
     compatibility(&s, &subject, Some(&v), &q, &body).await
 }
 
-async fn compatibility_all(State(s): State<RegistryState>, Path(subject): Path<String>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> SrResult {
+async fn compatibility_all(
+    State(s): State<RegistryState>,
+    Path(subject): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> SrResult {
     compatibility(&s, &subject, None, &q, &body).await
 }
 
@@ -344,7 +420,10 @@ fn level_from_body(body: &[u8]) -> Result<Level, SrError> {
     }
     let invalid = |m: String| SrError::new(StatusCode::UNPROCESSABLE_ENTITY, 42203, m);
     let b: B = serde_json::from_slice(body).map_err(|e| invalid(format!("Invalid compatibility level: {e}")))?;
-    let raw = b.compatibility.or(b.compatibility_level).ok_or_else(|| invalid("Invalid compatibility level: missing 'compatibility'".into()))?;
+    let raw = b
+        .compatibility
+        .or(b.compatibility_level)
+        .ok_or_else(|| invalid("Invalid compatibility level: missing 'compatibility'".into()))?;
     Level::parse(&raw).ok_or_else(|| invalid(format!("Invalid compatibility level: {raw}")))
 }
 
@@ -359,11 +438,19 @@ async fn put_global_config(State(s): State<RegistryState>, body: Bytes) -> SrRes
     ok(json!({ "compatibility": level.as_str() }))
 }
 
-async fn get_subject_config(State(s): State<RegistryState>, Path(subject): Path<String>, Query(q): Query<HashMap<String, String>>) -> SrResult {
+async fn get_subject_config(
+    State(s): State<RegistryState>,
+    Path(subject): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> SrResult {
     match s.store.level(&subject).await? {
         Some(l) => ok(json!({ "compatibilityLevel": l.as_str() })),
         None if flag(&q, "defaultToGlobal") => get_global_config(State(s)).await,
-        None => Err(SrError::new(StatusCode::NOT_FOUND, 40408, format!("Subject '{subject}' does not have subject-level compatibility configured"))),
+        None => Err(SrError::new(
+            StatusCode::NOT_FOUND,
+            40408,
+            format!("Subject '{subject}' does not have subject-level compatibility configured"),
+        )),
     }
 }
 

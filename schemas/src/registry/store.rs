@@ -1,7 +1,7 @@
 //! PostgreSQL storage for the registry.
 
-use sqlx::postgres::PgPool;
 use sqlx::Row;
+use sqlx::postgres::PgPool;
 
 use super::compat::{self, Level};
 
@@ -127,32 +127,41 @@ impl Store {
     }
 
     /// One version of a subject.
-    pub async fn version(&self, subject: &str, sel: VersionSel, include_deleted: bool) -> Result<Option<Registered>, StoreError> {
-        let row = match sel {
-            VersionSel::Latest => {
-                sqlx::query(&format!(
+    pub async fn version(
+        &self,
+        subject: &str,
+        sel: VersionSel,
+        include_deleted: bool,
+    ) -> Result<Option<Registered>, StoreError> {
+        let row =
+            match sel {
+                VersionSel::Latest => sqlx::query(&format!(
                     "SELECT {VERSION_COLS} WHERE sv.subject = $1 AND NOT sv.deleted ORDER BY sv.version DESC LIMIT 1"
                 ))
                 .bind(subject)
                 .fetch_optional(&self.pool)
-                .await?
-            }
-            VersionSel::Number(v) => {
-                sqlx::query(&format!(
-                    "SELECT {VERSION_COLS} WHERE sv.subject = $1 AND sv.version = $2 AND (NOT sv.deleted OR $3)"
-                ))
-                .bind(subject)
-                .bind(v)
-                .bind(include_deleted)
-                .fetch_optional(&self.pool)
-                .await?
-            }
-        };
+                .await?,
+                VersionSel::Number(v) => {
+                    sqlx::query(&format!(
+                        "SELECT {VERSION_COLS} WHERE sv.subject = $1 AND sv.version = $2 AND (NOT sv.deleted OR $3)"
+                    ))
+                    .bind(subject)
+                    .bind(v)
+                    .bind(include_deleted)
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+            };
         Ok(row.as_ref().map(registered).transpose()?)
     }
 
     /// The version of `subject` holding a schema with this identity.
-    pub async fn lookup(&self, subject: &str, identity: &str, include_deleted: bool) -> Result<Option<Registered>, StoreError> {
+    pub async fn lookup(
+        &self,
+        subject: &str,
+        identity: &str,
+        include_deleted: bool,
+    ) -> Result<Option<Registered>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {VERSION_COLS} WHERE sv.subject = $1 AND s.identity = $2 AND (NOT sv.deleted OR $3) \
              ORDER BY sv.version LIMIT 1"
@@ -168,7 +177,13 @@ impl Store {
     /// Registers `text` under `subject`: returns the existing version when the
     /// same schema is already there, else checks compatibility and adds a version.
     /// Serialised per subject with an advisory lock.
-    pub async fn register(&self, subject: &str, text: &str, identity: &str, schema: &apache_avro::Schema) -> Result<Registered, StoreError> {
+    pub async fn register(
+        &self,
+        subject: &str,
+        text: &str,
+        identity: &str,
+        schema: &apache_avro::Schema,
+    ) -> Result<Registered, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(subject).execute(&mut *tx).await?;
         let existing = sqlx::query(&format!(
@@ -183,10 +198,12 @@ impl Store {
         }
         let level = level_in(&mut tx, subject).await?;
         if level != Level::None {
-            let rows = sqlx::query(&format!("SELECT {VERSION_COLS} WHERE sv.subject = $1 AND NOT sv.deleted ORDER BY sv.version"))
-                .bind(subject)
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows = sqlx::query(&format!(
+                "SELECT {VERSION_COLS} WHERE sv.subject = $1 AND NOT sv.deleted ORDER BY sv.version"
+            ))
+            .bind(subject)
+            .fetch_all(&mut *tx)
+            .await?;
             let mut old = Vec::with_capacity(rows.len());
             for row in &rows {
                 let r = registered(row)?;
@@ -240,7 +257,12 @@ impl Store {
     }
 
     /// Soft- or permanently deletes one version; `None` when there was nothing to delete.
-    pub async fn delete_version(&self, subject: &str, version: i32, permanent: bool) -> Result<Option<i32>, StoreError> {
+    pub async fn delete_version(
+        &self,
+        subject: &str,
+        version: i32,
+        permanent: bool,
+    ) -> Result<Option<i32>, StoreError> {
         let sql = if permanent {
             "DELETE FROM registry_subject_versions WHERE subject = $1 AND version = $2 AND deleted RETURNING version"
         } else {
@@ -274,19 +296,22 @@ impl Store {
 
     /// Removes a subject's own level; returns the level it had.
     pub async fn delete_level(&self, subject: &str) -> Result<Option<Level>, StoreError> {
-        let row: Option<String> = sqlx::query_scalar("DELETE FROM registry_config WHERE subject = $1 AND subject <> '' RETURNING compatibility")
-            .bind(subject)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<String> = sqlx::query_scalar(
+            "DELETE FROM registry_config WHERE subject = $1 AND subject <> '' RETURNING compatibility",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_deref().and_then(Level::parse))
     }
 }
 
 async fn level_in(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, subject: &str) -> Result<Level, StoreError> {
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT subject, compatibility FROM registry_config WHERE subject IN ($1, '')")
-        .bind(subject)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT subject, compatibility FROM registry_config WHERE subject IN ($1, '')")
+            .bind(subject)
+            .fetch_all(&mut **tx)
+            .await?;
     let pick = |s: &str| rows.iter().find(|(subj, _)| subj == s).and_then(|(_, l)| Level::parse(l));
     Ok(pick(subject).or_else(|| pick("")).unwrap_or(Level::Backward))
 }

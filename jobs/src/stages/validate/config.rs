@@ -18,6 +18,11 @@ pub struct ValidateConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// How long an unknown schema id is remembered as unknown, in seconds.
     pub unknown_schema_ttl_secs: u64,
+    /// Rejoin the consumer group after holding no partition this long, in seconds
+    /// (0: never). tansu does not expire a member that died without leaving when
+    /// another joins at that moment, and the survivor can be left with nothing;
+    /// rejoining repairs that. Set 0 when running more instances than partitions.
+    pub rejoin_when_unassigned_secs: u64,
 }
 
 impl Default for ValidateConfig {
@@ -28,6 +33,7 @@ impl Default for ValidateConfig {
             batch_linger_ms: 50,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
             unknown_schema_ttl_secs: 60,
+            rejoin_when_unassigned_secs: 20,
         }
     }
 }

@@ -3,4 +3,4 @@
 pub mod config;
 pub mod stage;
 
-pub use stage::{run, StageHandle};
+pub use stage::{StageHandle, run};

@@ -17,7 +17,7 @@ use lifecycle_pipeline::avro::Envelope;
 use lifecycle_pipeline::dlq::{DlqRecord, SourceRef};
 use lifecycle_pipeline::metrics::ValidateMetrics;
 use lifecycle_pipeline::process::{self, Outcome, Writer, WriterCache};
-use lifecycle_pipeline::{wire, ReasonCode, Rejection, Topic, Validator};
+use lifecycle_pipeline::{ReasonCode, Rejection, Topic, Validator, wire};
 use lifecycle_schemas::{RegistryClient, SchemaFiles};
 use tokio::sync::watch;
 
@@ -43,7 +43,11 @@ impl StageHandle {
     /// `(in, valid, dlq)` so far.
     pub fn counts(&self) -> (u64, u64, u64) {
         let m = &self.metrics;
-        (m.records_in.get(), m.records_out.with_label_values(&["valid"]).get(), m.records_out.with_label_values(&["dlq"]).get())
+        (
+            m.records_in.get(),
+            m.records_out.with_label_values(&["valid"]).get(),
+            m.records_out.with_label_values(&["dlq"]).get(),
+        )
     }
 }
 
@@ -136,7 +140,11 @@ async fn fill_cache(
 }
 
 /// Runs the stage until `shutdown` turns true; finishes the batch in hand first.
-pub async fn run(cfg: &LifecycleConfig, handle: StageHandle, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+pub async fn run(
+    cfg: &LifecycleConfig,
+    handle: StageHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
     let vc = &cfg.validate;
     vc.validate()?;
     let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
@@ -152,7 +160,10 @@ pub async fn run(cfg: &LifecycleConfig, handle: StageHandle, mut shutdown: watch
         dlq_topic: cfg.topics.name(Topic::EventsDlq),
     };
     let raw_topic = cfg.topics.name(Topic::EventsRaw);
-    let source = BatchSource::subscribe(&cfg.kafka, &vc.group_id, &[&raw_topic]).map_err(|e| e.to_string())?;
+    let subscribe = || BatchSource::subscribe(&cfg.kafka, &vc.group_id, &[&raw_topic]).map_err(|e| e.to_string());
+    let mut source = subscribe()?;
+    let mut unassigned_since: Option<Instant> = None;
+    let rejoin_after = Duration::from_secs(vc.rejoin_when_unassigned_secs);
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
     let m = handle.metrics.clone();
     if let Some(addr) = vc.metrics_addr {
@@ -179,10 +190,27 @@ pub async fn run(cfg: &LifecycleConfig, handle: StageHandle, mut shutdown: watch
     let mut last_lag = Instant::now();
     loop {
         let batch = tokio::select! {
-            b = source.next_batch(vc.max_batch_records, linger) => b,
+            b = source.next_batch(vc.max_batch_records, linger, Duration::from_secs(1)) => b,
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let batch = match batch {
+            Ok(b) if b.is_empty() => {
+                let assigned = source.assigned_partitions().unwrap_or(0);
+                let since = *unassigned_since.get_or_insert_with(Instant::now);
+                if assigned > 0 {
+                    unassigned_since = None;
+                } else if !rejoin_after.is_zero() && since.elapsed() >= rejoin_after {
+                    tracing::warn!(
+                        secs = since.elapsed().as_secs(),
+                        "no partition assigned; leaving and rejoining the consumer group"
+                    );
+                    m.retries.with_label_values(&["rejoin"]).inc();
+                    drop(source);
+                    source = subscribe()?;
+                    unassigned_since = None;
+                }
+                continue;
+            }
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "consume failed; retrying");
@@ -190,6 +218,7 @@ pub async fn run(cfg: &LifecycleConfig, handle: StageHandle, mut shutdown: watch
                 continue;
             }
         };
+        unassigned_since = None;
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);

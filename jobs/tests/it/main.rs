@@ -1,0 +1,8 @@
+//! Integration tests against the real local stack (tansu, PostgreSQL, the schema
+//! registry), started by `lifecycle stack up`. Each test uses its own topics,
+//! subjects and consumer groups, so tests run in parallel.
+
+mod common;
+mod ingest_api;
+mod registry;
+mod validate_stage;
