@@ -204,4 +204,50 @@ mod tests {
             vec![42]
         );
     }
+
+    /// Seeded mutations of valid Avro and JSON payloads (truncation, bit flips,
+    /// splices, random bytes) never panic and always get exactly one outcome.
+    #[test]
+    fn mutated_inputs_never_panic() {
+        let (env, v, cache, now) = setup();
+        let json = br#"{"event_id":"e","user_id":"u","event_type":"user.login","timestamp":1763856000000,"session_id":"s","event_properties":{"method":"sso"},"device_info":{"os":"x"}}"#;
+        let Outcome::Valid(event) = process(json, &cache, &env, &v, now) else { panic!("valid") };
+        let avro = wire::frame(7, &env.encode(&event).expect("encode"));
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut valid, mut rejected) = (0, 0);
+        for round in 0..20_000 {
+            let base: &[u8] = if round % 2 == 0 { &avro } else { json };
+            let mut p = base.to_vec();
+            match next() % 4 {
+                0 => p.truncate((next() as usize) % (p.len() + 1)),
+                1 => {
+                    for _ in 0..1 + next() % 4 {
+                        let i = (next() as usize) % p.len();
+                        p[i] ^= 1 << (next() % 8);
+                    }
+                }
+                2 => {
+                    let i = (next() as usize) % p.len();
+                    let j = (next() as usize) % p.len();
+                    p.splice(i..i, base[j..].iter().copied().take(16));
+                }
+                _ => p = (0..(next() % 64)).map(|_| next() as u8).collect(),
+            }
+            match process(&p, &cache, &env, &v, now) {
+                Outcome::Valid(_) => valid += 1,
+                Outcome::Rejected(r, _) => {
+                    assert!(!r.errors.is_empty() && !r.message.is_empty());
+                    rejected += 1;
+                }
+            }
+        }
+        assert_eq!(valid + rejected, 20_000);
+        assert!(rejected > 10_000, "most mutations are caught ({rejected})");
+    }
 }

@@ -17,6 +17,8 @@ pub struct StrictWalker {
 }
 
 const MAX_DEPTH: usize = 64;
+/// Items beyond what the remaining bytes could encode, allowed per block.
+const MAX_EMPTY_ITEMS: u64 = 65_536;
 
 impl StrictWalker {
     /// Prepares a walker for `schema` (cloned, so it can be cached per schema id).
@@ -131,6 +133,15 @@ impl StrictWalker {
             if count < 0 {
                 cur.varint()?; // block size in bytes, followed by |count| items
             }
+            // Items of zero-size types (null) consume no input: bound the count so a
+            // hostile block header cannot spin here (or make the decoder allocate) forever.
+            let remaining = (cur.bytes.len() - cur.pos) as u64;
+            if count.unsigned_abs() > remaining.saturating_mul(8).saturating_add(MAX_EMPTY_ITEMS) {
+                return Err(format!(
+                    "block of {} items cannot fit in {remaining} remaining bytes",
+                    count.unsigned_abs()
+                ));
+            }
             for _ in 0..count.unsigned_abs() {
                 item(self, cur)?;
             }
@@ -197,5 +208,15 @@ mod tests {
             assert!(w.datum_len(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert!(w.datum_len(&[4, 0xff, 0xfe]).is_err(), "non-UTF-8 string");
+    }
+
+    #[test]
+    fn refuses_block_counts_the_input_cannot_hold() {
+        let schema = Schema::parse_str(r#"{"type":"array","items":"null"}"#).expect("schema");
+        let w = StrictWalker::new(&schema).expect("walker");
+        assert_eq!(w.datum_len(&[20, 0]), Ok(2), "10 nulls");
+        // count = 2^40 (zig-zag varint), then nothing.
+        let huge = [0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        assert!(w.datum_len(&huge).expect_err("refused").contains("cannot fit"));
     }
 }

@@ -4,6 +4,7 @@
 
 mod postgres;
 mod proc;
+pub mod python;
 mod registry;
 mod tansu;
 
@@ -82,6 +83,7 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
     tansu::up(s).await?;
     registry::up(cfg).await?;
     crate::setup::topics_and_schemas(cfg).await.map_err(|e| err("setup", e))?;
+    python::up(s)?;
     Ok(())
 }
 

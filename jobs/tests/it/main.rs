@@ -4,5 +4,6 @@
 
 mod common;
 mod ingest_api;
+mod python_client;
 mod registry;
 mod validate_stage;
