@@ -24,10 +24,15 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
-    fn base(&self) -> ClientConfig {
+    /// Bootstrap servers and client id, then `specific`, then the user's
+    /// properties last (so configuration can override any default).
+    fn client(&self, specific: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
         c.set("client.id", "lifecycle");
+        for (k, v) in specific {
+            c.set(*k, *v);
+        }
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -37,41 +42,33 @@ impl KafkaConfig {
     /// Producer settings: idempotent, acks from all in-sync replicas, small linger
     /// for batching. Per-partition order is kept across retries.
     pub fn producer(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers);
-        c.set("client.id", "lifecycle");
-        c.set("enable.idempotence", "true");
-        c.set("acks", "all");
-        c.set("linger.ms", "5");
-        c.set("batch.num.messages", "10000");
-        c.set("queue.buffering.max.messages", "200000");
-        c.set("message.timeout.ms", "60000");
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        c
+        self.client(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "200000"),
+            ("message.timeout.ms", "60000"),
+        ])
     }
 
     /// Consumer settings for `group`: no auto-commit (stages commit after their
     /// outputs are durable), start from the earliest offset when none is committed.
     pub fn consumer(&self, group: &str) -> ClientConfig {
-        let mut c = self.base();
-        c.set("group.id", group);
-        c.set("enable.auto.commit", "false");
-        c.set("enable.auto.offset.store", "false");
-        c.set("auto.offset.reset", "earliest");
-        c.set("enable.partition.eof", "false");
-        c.set("session.timeout.ms", "10000");
-        c.set("heartbeat.interval.ms", "1000");
-        c.set("allow.auto.create.topics", "false");
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        c
+        self.client(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("allow.auto.create.topics", "false"),
+        ])
     }
 
     /// Admin client settings.
     pub fn admin(&self) -> ClientConfig {
-        self.base()
+        self.client(&[])
     }
 }

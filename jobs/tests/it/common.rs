@@ -8,11 +8,13 @@ use chrono::Utc;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_jobs::config::LifecycleConfig;
 use lifecycle_jobs::demo;
+use lifecycle_jobs::stages::validate::{self, StageHandle};
 use lifecycle_jobs::workload::{AvroEncoder, Broken, Workload};
 use lifecycle_pipeline::avro::Envelope;
 use lifecycle_pipeline::{Topic, TopicNames, Validator};
 use lifecycle_schemas::SchemaFiles;
 use lifecycle_schemas::client::Registration;
+use tokio::sync::watch;
 
 /// A configuration whose topics, subjects and group are unique to this test.
 pub(crate) async fn test_config(name: &str) -> (LifecycleConfig, Registration) {
@@ -128,4 +130,20 @@ pub(crate) async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     f()
+}
+
+/// Runs the validation stage in-process until it has consumed `n` records (or
+/// `secs` pass), stops it cleanly and returns its counters.
+pub(crate) async fn run_stage_until(cfg: &LifecycleConfig, n: u64, secs: u64) -> StageHandle {
+    let handle = StageHandle::new().expect("metrics");
+    let (stop, rx) = watch::channel(false);
+    let stage = {
+        let (cfg, handle) = (cfg.clone(), handle.clone());
+        tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
+    };
+    let done = eventually(secs, || handle.counts().0 >= n).await;
+    stop.send(true).expect("stop");
+    stage.await.expect("join").expect("stage ran cleanly");
+    assert!(done, "stage consumed {:?} of {n} in {secs} s", handle.counts());
+    handle
 }

@@ -3,11 +3,9 @@
 
 use std::process::Command;
 
-use lifecycle_jobs::stages::validate::{self, StageHandle};
 use serde_json::Value;
-use tokio::sync::watch;
 
-use crate::common::{eventually, test_config};
+use crate::common::{run_stage_until, test_config};
 
 fn python(args: &[&str]) -> Value {
     let cfg = lifecycle_jobs::LifecycleConfig::default();
@@ -38,15 +36,7 @@ async fn confluent_python_client_produces_and_consumes_through_the_stage() {
         produced["produced"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect();
     assert_eq!(ids.len(), 40);
 
-    let handle = StageHandle::new().expect("metrics");
-    let (stop, rx) = watch::channel(false);
-    let stage = {
-        let (cfg, handle) = (cfg.clone(), handle.clone());
-        tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
-    };
-    assert!(eventually(60, || handle.counts().0 >= 40).await, "{:?}", handle.counts());
-    stop.send(true).expect("stop");
-    stage.await.expect("join").expect("stage");
+    let handle = run_stage_until(&cfg, 40, 60).await;
     assert_eq!(handle.counts(), (40, 40, 0), "AvroSerializer output is valid");
 
     let consumed =

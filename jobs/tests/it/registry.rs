@@ -3,16 +3,14 @@
 
 use apache_avro::types::Value as Avro;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
-use lifecycle_jobs::stages::validate::{self, StageHandle};
 use lifecycle_jobs::workload::{Workload, avro_record};
 use lifecycle_pipeline::Topic;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-use crate::common::{eventually, read_all, test_config};
+use crate::common::{read_all, run_stage_until, test_config};
 
 const BASE: &str = "http://127.0.0.1:8081";
 
@@ -154,15 +152,7 @@ async fn schema_registry_converter_produces_and_consumes_through_the_stage() {
     }
     KafkaSink::new(&cfg.kafka).expect("producer").send_all(&records).await.expect("produce");
 
-    let handle = StageHandle::new().expect("metrics");
-    let (stop, rx) = watch::channel(false);
-    let stage = {
-        let (cfg, handle) = (cfg.clone(), handle.clone());
-        tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
-    };
-    assert!(eventually(60, || handle.counts().0 >= 50).await);
-    stop.send(true).expect("stop");
-    stage.await.expect("join").expect("stage");
+    let handle = run_stage_until(&cfg, 50, 60).await;
     assert_eq!(handle.counts(), (50, 50, 0), "third-party Avro is valid");
 
     // And the converter's decoder reads what the stage wrote to events.valid.

@@ -3,12 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 
-use lifecycle_jobs::stages::validate::{self, StageHandle};
 use lifecycle_pipeline::dlq::DlqRecord;
 use lifecycle_pipeline::{ReasonCode, Topic, wire};
-use tokio::sync::watch;
 
-use crate::common::{count, eventually, produce_mixed, read_all, schemas, test_config};
+use crate::common::{count, eventually, produce_mixed, read_all, run_stage_until, schemas, test_config};
 
 /// Checks the outputs: exactly the valid event ids on events.valid (deduplicated
 /// by event_id), exactly the broken records on events.dlq (deduplicated by
@@ -63,15 +61,7 @@ async fn ten_thousand_mixed_events_split_exactly() {
     let (cfg, reg) = test_config("split").await;
     let produced = produce_mixed(&cfg, &reg, 9_000, 200, 0).await;
     assert_eq!(produced.total, 10_000);
-    let handle = StageHandle::new().expect("metrics");
-    let (stop, rx) = watch::channel(false);
-    let stage = {
-        let (cfg, handle) = (cfg.clone(), handle.clone());
-        tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
-    };
-    assert!(eventually(120, || handle.counts().0 >= 10_000).await, "processed {:?}", handle.counts());
-    stop.send(true).expect("stop");
-    stage.await.expect("join").expect("stage ran cleanly");
+    let handle = run_stage_until(&cfg, 10_000, 120).await;
     let (cin, cvalid, cdlq) = handle.counts();
     assert_eq!((cin, cvalid, cdlq), (10_000, 9_000, 1_000), "in == valid + dlq");
     assert_eq!(check_outputs(&cfg, &produced, false), (9_000, 1_000));

@@ -177,9 +177,15 @@ async fn healthz(State(s): State<RegistryState>) -> Response {
     }
 }
 
-async fn schema_by_id(State(s): State<RegistryState>, Path(id): Path<String>) -> SrResult {
+/// The id from the path and its `(schema text, type)`; 40403 when there is none.
+async fn existing_schema(s: &RegistryState, id: &str) -> Result<(i32, String, String), SrError> {
     let id: i32 = id.parse().map_err(|_| SrError::schema_not_found())?;
     let (text, ty) = s.store.schema_by_id(id).await?.ok_or_else(SrError::schema_not_found)?;
+    Ok((id, text, ty))
+}
+
+async fn schema_by_id(State(s): State<RegistryState>, Path(id): Path<String>) -> SrResult {
+    let (_, text, ty) = existing_schema(&s, &id).await?;
     let mut v = json!({ "schema": text });
     if ty != "AVRO" {
         v["schemaType"] = json!(ty);
@@ -188,8 +194,7 @@ async fn schema_by_id(State(s): State<RegistryState>, Path(id): Path<String>) ->
 }
 
 async fn raw_schema_by_id(State(s): State<RegistryState>, Path(id): Path<String>) -> SrResult {
-    let id: i32 = id.parse().map_err(|_| SrError::schema_not_found())?;
-    let (text, _) = s.store.schema_by_id(id).await?.ok_or_else(SrError::schema_not_found)?;
+    let (_, text, _) = existing_schema(&s, &id).await?;
     ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
@@ -198,8 +203,7 @@ async fn subjects_by_id(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> SrResult {
-    let id: i32 = id.parse().map_err(|_| SrError::schema_not_found())?;
-    s.store.schema_by_id(id).await?.ok_or_else(SrError::schema_not_found)?;
+    let (id, _, _) = existing_schema(&s, &id).await?;
     let mut subjects: Vec<String> =
         s.store.usages(id, flag(&q, "deleted")).await?.into_iter().map(|(s, _)| s).collect();
     subjects.dedup();
@@ -211,8 +215,7 @@ async fn versions_by_id(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> SrResult {
-    let id: i32 = id.parse().map_err(|_| SrError::schema_not_found())?;
-    s.store.schema_by_id(id).await?.ok_or_else(SrError::schema_not_found)?;
+    let (id, _, _) = existing_schema(&s, &id).await?;
     let usages = s.store.usages(id, flag(&q, "deleted")).await?;
     ok(json!(
         usages.iter().map(|(subject, version)| json!({"subject": subject, "version": version})).collect::<Vec<_>>()
