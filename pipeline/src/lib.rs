@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod process;
+pub mod profile;
 pub mod reason;
 pub mod strict;
 pub mod topics;

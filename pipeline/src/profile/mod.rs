@@ -1,0 +1,12 @@
+//! User profiles: the state the profile stage keeps per user, the pure update
+//! `(profile, event) -> transition`, the engagement score and CLV formulas, and
+//! the lifecycle stage rules.
+
+mod lifecycle;
+mod model;
+mod score;
+mod update;
+
+pub use lifecycle::{LifecycleRules, Stage, Transition};
+pub use model::{AccountStatus, Behavioral, Demographic, Profile, Transactional};
+pub use score::{ScoreParams, customer_lifetime_value, engagement_score};
