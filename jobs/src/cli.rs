@@ -67,6 +67,8 @@ pub enum StackAction {
 pub enum Stage {
     /// events.raw -> events.valid | events.dlq.
     Validate,
+    /// events.valid -> profiles in PostgreSQL, profiles.changelog, lifecycle.events.
+    Profile,
     /// HTTP ingestion API.
     Ingest,
 }
@@ -124,6 +126,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Run { stage: Stage::Validate } => {
             let handle = crate::stages::validate::StageHandle::new()?;
             crate::stages::validate::run(&cfg, handle, shutdown_on_signal()).await
+        }
+        Command::Run { stage: Stage::Profile } => {
+            let handle = crate::stages::profile::ProfileHandle::new()?;
+            crate::stages::profile::run(&cfg, handle, shutdown_on_signal()).await
         }
         Command::Run { stage: Stage::Ingest } => crate::services::run_ingest(&cfg, shutdown_on_signal()).await,
         Command::Registry => crate::services::run_registry(&cfg, shutdown_on_signal()).await,

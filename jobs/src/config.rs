@@ -12,6 +12,7 @@ use lifecycle_schemas::registry::config::RegistryConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::stack::StackConfig;
+use crate::stages::profile::config::ProfileConfig;
 use crate::stages::validate::config::ValidateConfig;
 
 /// Validation rules' limits.
@@ -69,6 +70,8 @@ pub struct LifecycleConfig {
     pub validation: ValidationConfig,
     /// The validation stage.
     pub validate: ValidateConfig,
+    /// The profile stage.
+    pub profile: ProfileConfig,
     /// The HTTP ingestion API.
     pub ingest: IngestConfig,
     /// The schema registry service.
@@ -90,6 +93,7 @@ impl Default for LifecycleConfig {
             schemas_dir: None,
             validation: ValidationConfig::default(),
             validate: ValidateConfig::default(),
+            profile: ProfileConfig::default(),
             ingest: IngestConfig::default(),
             registry: RegistryConfig::default(),
             stack: StackConfig::default(),
@@ -113,6 +117,7 @@ impl LifecycleConfig {
         self.validation.limits()?;
         self.ingest.validate()?;
         self.validate.validate()?;
+        self.profile.validate()?;
         url::Url::parse(&self.registry_url).map_err(|e| format!("registry_url: {e}"))?;
         Ok(())
     }

@@ -163,7 +163,7 @@ impl Workload {
         let device_type = ["desktop", "mobile", "tablet"][(user % 3) as usize];
         json!({
             "event_id": format!("{}-{}", self.run_id, self.seq),
-            "user_id": format!("user-{user:06}"),
+            "user_id": format!("{}-u{user:06}", self.run_id),
             "event_type": event_type,
             "timestamp": ts,
             "session_id": format!("sess-{user}-{}", ts / 1_800_000),

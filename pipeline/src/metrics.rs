@@ -118,3 +118,69 @@ impl HttpMetrics {
         })
     }
 }
+
+/// Metrics of the profile stage.
+#[derive(Clone)]
+pub struct ProfileMetrics {
+    /// Records consumed from events.valid.
+    pub records_in: IntCounter,
+    /// Events applied to profiles.
+    pub events_applied: IntCounter,
+    /// Records skipped: `offset` (already applied before a restart), `event_id`
+    /// (duplicate delivery), `undecodable`.
+    pub skipped: IntCounterVec,
+    /// Lifecycle transitions by target stage.
+    pub transitions: IntCounterVec,
+    /// Records per batch.
+    pub batch_size: Histogram,
+    /// Seconds to write a batch (produce changelog + PostgreSQL transaction).
+    pub flush_seconds: Histogram,
+    /// Batch retries by cause.
+    pub retries: IntCounterVec,
+    /// Consumer lag per partition.
+    pub lag: IntGaugeVec,
+}
+
+impl ProfileMetrics {
+    /// Registers the stage's metrics in `r`.
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let records_in = IntCounter::new("lifecycle_profile_records_in_total", "Records consumed from events.valid")?;
+        r.register(Box::new(records_in.clone()))?;
+        let events_applied = IntCounter::new("lifecycle_profile_events_applied_total", "Events applied to profiles")?;
+        r.register(Box::new(events_applied.clone()))?;
+        let lag = IntGaugeVec::new(
+            Opts::new("lifecycle_profile_consumer_lag_records", "High watermark minus committed offset"),
+            &["partition"],
+        )?;
+        r.register(Box::new(lag.clone()))?;
+        let m = Self {
+            records_in,
+            events_applied,
+            skipped: counter_vec(r, "lifecycle_profile_skipped_total", "Records not applied, by reason", &["reason"])?,
+            transitions: counter_vec(
+                r,
+                "lifecycle_profile_transitions_total",
+                "Lifecycle transitions by target stage",
+                &["to"],
+            )?,
+            batch_size: histogram(
+                r,
+                "lifecycle_profile_batch_records",
+                "Records per batch",
+                exponential_buckets(1.0, 4.0, 9)?,
+            )?,
+            flush_seconds: histogram(
+                r,
+                "lifecycle_profile_flush_seconds",
+                "Time to produce the changelog and commit the PostgreSQL transaction",
+                exponential_buckets(0.001, 2.0, 14)?,
+            )?,
+            retries: counter_vec(r, "lifecycle_profile_retries_total", "Batch retries by cause", &["cause"])?,
+            lag,
+        };
+        for reason in ["offset", "event_id", "undecodable"] {
+            m.skipped.with_label_values(&[reason]);
+        }
+        Ok(m)
+    }
+}

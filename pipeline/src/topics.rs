@@ -13,6 +13,8 @@ pub enum Topic {
     EventsDlq,
     /// Latest profile per user, compacted.
     ProfilesChangelog,
+    /// Lifecycle stage transitions, JSON, keyed by user_id.
+    LifecycleEvents,
     /// Commands that start workflows.
     WorkflowCommands,
     /// Workflow lifecycle events.
@@ -23,11 +25,12 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic, in a fixed order.
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Self::EventsRaw,
         Self::EventsValid,
         Self::EventsDlq,
         Self::ProfilesChangelog,
+        Self::LifecycleEvents,
         Self::WorkflowCommands,
         Self::WorkflowEvents,
         Self::WorkflowDlq,
@@ -40,6 +43,7 @@ impl Topic {
             Self::EventsValid => "events.valid",
             Self::EventsDlq => "events.dlq",
             Self::ProfilesChangelog => "profiles.changelog",
+            Self::LifecycleEvents => "lifecycle.events",
             Self::WorkflowCommands => "workflow.commands",
             Self::WorkflowEvents => "workflow.events",
             Self::WorkflowDlq => "workflow.dlq",

@@ -133,6 +133,11 @@ impl BatchSource {
         tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
     }
 
+    /// Rebalances seen so far (a change means partitions may have moved).
+    pub fn rebalances(&self) -> u64 {
+        self.consumer.context().rebalances.load(Ordering::Relaxed)
+    }
+
     /// Number of partitions currently assigned to this member.
     pub fn assigned_partitions(&self) -> Result<usize, KafkaError> {
         Ok(self.consumer.assignment()?.count())

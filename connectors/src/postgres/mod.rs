@@ -1,6 +1,7 @@
 //! PostgreSQL: configuration, pool and the project's migrations.
 
 pub mod config;
+pub mod profiles;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 

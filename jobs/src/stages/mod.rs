@@ -1,4 +1,6 @@
 //! Stream-processing stages. Each has `config.rs` and `stage.rs`; the logic they
 //! run is pure and lives in `lifecycle_pipeline`.
 
+pub(crate) mod common;
+pub mod profile;
 pub mod validate;

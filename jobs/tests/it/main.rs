@@ -4,6 +4,7 @@
 
 mod common;
 mod ingest_api;
+mod profile_stage;
 mod python_client;
 mod registry;
 mod validate_stage;

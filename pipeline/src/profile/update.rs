@@ -32,10 +32,10 @@ fn age_at(dob: &str, at: DateTime<Utc>) -> Option<u32> {
 }
 
 fn set_if(slot: &mut Option<String>, value: Option<String>, newest: bool) {
-    if let Some(v) = value {
-        if newest || slot.is_none() {
-            *slot = Some(v);
-        }
+    if let Some(v) = value
+        && (newest || slot.is_none())
+    {
+        *slot = Some(v);
     }
 }
 
@@ -150,11 +150,11 @@ impl Profile {
 
     fn set_tier(&mut self, tier: Option<String>, ts: DateTime<Utc>) {
         let tr = &mut self.transaction;
-        if let Some(tier) = tier {
-            if tr.subscription_tier_at.is_none_or(|at| ts >= at) {
-                tr.subscription_tier = Some(tier);
-                tr.subscription_tier_at = Some(ts);
-            }
+        if let Some(tier) = tier
+            && tr.subscription_tier_at.is_none_or(|at| ts >= at)
+        {
+            tr.subscription_tier = Some(tier);
+            tr.subscription_tier_at = Some(ts);
         }
     }
 }

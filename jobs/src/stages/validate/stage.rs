@@ -3,7 +3,6 @@
 //! commit the batch's offsets. A crash between produce and commit re-processes
 //! the batch: delivery is at-least-once and `event_id` identifies duplicates.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +15,13 @@ use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
 use lifecycle_pipeline::avro::Envelope;
 use lifecycle_pipeline::dlq::{DlqRecord, SourceRef};
 use lifecycle_pipeline::metrics::ValidateMetrics;
-use lifecycle_pipeline::process::{self, Outcome, Writer, WriterCache};
+use lifecycle_pipeline::process::{self, Outcome, WriterCache};
 use lifecycle_pipeline::{ReasonCode, Rejection, Topic, Validator, wire};
 use lifecycle_schemas::{RegistryClient, SchemaFiles};
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
+use crate::stages::common::{WriterSchemas, backoff};
 
 /// Counters a caller can read while the stage runs (tests, the demo).
 #[derive(Clone)]
@@ -94,51 +94,6 @@ fn output(ctx: &Ctx, cache: &WriterCache, r: &RawRecord, now: chrono::DateTime<U
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
-}
-
-/// Fetches writer schemas the batch needs; retries while the registry is down.
-async fn fill_cache(
-    client: &RegistryClient,
-    envelope: &Envelope,
-    cache: &mut WriterCache,
-    unknown_since: &mut HashMap<u32, Instant>,
-    ttl: Duration,
-    batch: &[RawRecord],
-    m: &ValidateMetrics,
-) {
-    unknown_since.retain(|id, at| {
-        let keep = at.elapsed() < ttl;
-        if !keep {
-            cache.remove(id);
-        }
-        keep
-    });
-    for id in process::missing_schema_ids(batch.iter().map(|r| r.payload.as_slice()), cache) {
-        let mut attempt = 0;
-        loop {
-            match client.schema_by_id(id).await {
-                Ok(Some(text)) => {
-                    cache.insert(id, Some(Writer::prepare(&text, envelope)));
-                    break;
-                }
-                Ok(None) => {
-                    cache.insert(id, None);
-                    unknown_since.insert(id, Instant::now());
-                    break;
-                }
-                Err(e) => {
-                    m.retries.with_label_values(&["registry"]).inc();
-                    tracing::warn!(schema_id = id, error = %e, attempt, "schema registry unavailable; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-            }
-        }
-    }
-}
-
 /// Runs the stage until `shutdown` turns true; finishes the batch in hand first.
 pub async fn run(
     cfg: &LifecycleConfig,
@@ -183,9 +138,7 @@ pub async fn run(
         });
     }
     tracing::info!(input = %raw_topic, valid = %ctx.valid_topic, dlq = %ctx.dlq_topic, group = %vc.group_id, "validation stage started");
-    let mut cache = WriterCache::new();
-    let mut unknown_since = HashMap::new();
-    let ttl = Duration::from_secs(vc.unknown_schema_ttl_secs);
+    let mut writers = WriterSchemas::new(client, Duration::from_secs(vc.unknown_schema_ttl_secs));
     let linger = Duration::from_millis(vc.batch_linger_ms);
     let mut last_lag = Instant::now();
     loop {
@@ -222,9 +175,9 @@ pub async fn run(
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
-        fill_cache(&client, &ctx.envelope, &mut cache, &mut unknown_since, ttl, &batch, &m).await;
+        writers.fill(&ctx.envelope, &batch, &m.retries).await;
         let now = Utc::now();
-        let outputs: Vec<OutRecord> = batch.iter().map(|r| output(&ctx, &cache, r, now, &m)).collect();
+        let outputs: Vec<OutRecord> = batch.iter().map(|r| output(&ctx, writers.cache(), r, now, &m)).collect();
         let mut attempt = 0;
         while let Err(e) = sink.send_all(&outputs).await {
             m.retries.with_label_values(&["produce"]).inc();

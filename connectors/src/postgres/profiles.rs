@@ -1,0 +1,211 @@
+//! Profile storage: one PostgreSQL transaction per batch holds the profiles, the
+//! lifecycle history, the applied event ids and the consumed offsets, so state
+//! and offsets advance together (effectively-once on any broker).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use lifecycle_pipeline::profile::{AccountStatus, Profile, Transition};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+/// Namespace of user UUIDs (v5 of the external user id).
+pub const USER_NAMESPACE: Uuid = Uuid::from_u128(0x6c69_6665_6379_636c_6500_7573_6572_7331);
+
+/// The `users.id` of an external user id.
+pub fn user_uuid(user_id: &str) -> Uuid {
+    Uuid::new_v5(&USER_NAMESPACE, user_id.as_bytes())
+}
+
+/// A batch transaction of the profile stage.
+pub struct ProfileTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+/// Opens a batch transaction.
+pub async fn begin(pool: &PgPool) -> Result<ProfileTx, sqlx::Error> {
+    Ok(ProfileTx { tx: pool.begin().await? })
+}
+
+impl ProfileTx {
+    /// Locks the offset rows of `partitions` (creating missing ones at 0) and
+    /// returns the next offset to apply per partition. Concurrent instances that
+    /// briefly own the same partition during a rebalance are serialised here.
+    pub async fn lock_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO stage_offsets (consumer_group, topic, partition, next_offset) \
+             SELECT $1, $2, p, 0 FROM UNNEST($3::int[]) AS p ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(partitions)
+        .execute(&mut *self.tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT partition, next_offset FROM stage_offsets \
+             WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3) ORDER BY partition FOR UPDATE",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(partitions)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get::<i32, _>(0), r.get::<i64, _>(1))).collect())
+    }
+
+    /// The subset of `event_ids` already applied.
+    pub async fn seen(&mut self, event_ids: &[String]) -> Result<HashSet<String>, sqlx::Error> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT event_id FROM processed_events WHERE event_id = ANY($1)")
+            .bind(event_ids)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Stored profiles of `user_ids` (absent users are simply missing).
+    pub async fn load(&mut self, user_ids: &[String]) -> Result<HashMap<String, Profile>, sqlx::Error> {
+        let rows =
+            sqlx::query("SELECT external_id, profile FROM users WHERE external_id = ANY($1) AND profile IS NOT NULL")
+                .bind(user_ids)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.get(0);
+            let doc: serde_json::Value = r.get(1);
+            match serde_json::from_value::<Profile>(doc) {
+                Ok(p) => {
+                    out.insert(id, p);
+                }
+                Err(e) => return Err(sqlx::Error::Decode(format!("profile of {id}: {e}").into())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the batch: upserted profiles, history rows, applied event ids and
+    /// the next offsets, then commits.
+    pub async fn write_and_commit(
+        mut self,
+        profiles: &[&Profile],
+        transitions: &[Transition],
+        applied: &[(String, String)],
+        group: &str,
+        topic: &str,
+        next_offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), sqlx::Error> {
+        if !profiles.is_empty() {
+            let mut ids = Vec::with_capacity(profiles.len());
+            let mut externals = Vec::with_capacity(profiles.len());
+            let mut stages = Vec::with_capacity(profiles.len());
+            let mut statuses = Vec::with_capacity(profiles.len());
+            let mut docs = Vec::with_capacity(profiles.len());
+            let mut created = Vec::with_capacity(profiles.len());
+            for p in profiles {
+                ids.push(user_uuid(&p.user_id));
+                externals.push(p.user_id.clone());
+                stages.push(p.lifecycle_stage.as_str().to_owned());
+                statuses.push(match p.account_status {
+                    AccountStatus::Active => "active",
+                    AccountStatus::Deleted => "deleted",
+                });
+                docs.push(serde_json::to_value(p).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+                created.push(p.signup_date.or(p.behavioral.first_seen).unwrap_or_else(chrono::Utc::now));
+            }
+            sqlx::query(
+                "INSERT INTO users (id, external_id, current_lifecycle_stage, account_status, profile, created_at, updated_at) \
+                 SELECT id, ext, stage, status, doc, created, now() \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[]) \
+                   AS v(id, ext, stage, status, doc, created) \
+                 ON CONFLICT (id) DO UPDATE SET current_lifecycle_stage = EXCLUDED.current_lifecycle_stage, \
+                   account_status = EXCLUDED.account_status, profile = EXCLUDED.profile, \
+                   external_id = EXCLUDED.external_id, updated_at = now()",
+            )
+            .bind(&ids)
+            .bind(&externals)
+            .bind(&stages)
+            .bind(&statuses)
+            .bind(&docs)
+            .bind(&created)
+            .execute(&mut *self.tx)
+            .await?;
+            // Emails: unique when present; an address another user holds is kept in
+            // the profile document only (and logged by the caller's metrics).
+            let mut seen_email = HashSet::new();
+            let (mut eids, mut emails) = (Vec::new(), Vec::new());
+            for p in profiles {
+                if let Some(e) = &p.email
+                    && seen_email.insert(e.clone())
+                {
+                    eids.push(user_uuid(&p.user_id));
+                    emails.push(e.clone());
+                }
+            }
+            sqlx::query(
+                "UPDATE users u SET email = v.email FROM UNNEST($1::uuid[], $2::text[]) AS v(id, email) \
+                 WHERE u.id = v.id AND u.email IS DISTINCT FROM v.email \
+                   AND NOT EXISTS (SELECT 1 FROM users o WHERE o.email = v.email AND o.id <> v.id)",
+            )
+            .bind(&eids)
+            .bind(&emails)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !transitions.is_empty() {
+            let users: Vec<Uuid> = transitions.iter().map(|t| user_uuid(&t.user_id)).collect();
+            let from: Vec<String> = transitions.iter().map(|t| t.from.as_str().to_owned()).collect();
+            let to: Vec<String> = transitions.iter().map(|t| t.to.as_str().to_owned()).collect();
+            let at: Vec<chrono::DateTime<chrono::Utc>> = transitions.iter().map(|t| t.at).collect();
+            let meta: Vec<serde_json::Value> =
+                transitions.iter().map(|t| serde_json::json!({"event_id": t.event_id})).collect();
+            sqlx::query(
+                "INSERT INTO user_lifecycle_history (user_id, from_stage, to_stage, transitioned_at, metadata) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])",
+            )
+            .bind(&users)
+            .bind(&from)
+            .bind(&to)
+            .bind(&at)
+            .bind(&meta)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !applied.is_empty() {
+            let ids: Vec<&str> = applied.iter().map(|(e, _)| e.as_str()).collect();
+            let users: Vec<Uuid> = applied.iter().map(|(_, u)| user_uuid(u)).collect();
+            sqlx::query(
+                "INSERT INTO processed_events (event_id, user_id) SELECT * FROM UNNEST($1::text[], $2::uuid[])",
+            )
+            .bind(&ids)
+            .bind(&users)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let parts: Vec<i32> = next_offsets.keys().copied().collect();
+        let offs: Vec<i64> = next_offsets.values().copied().collect();
+        sqlx::query(
+            "UPDATE stage_offsets s SET next_offset = v.o, updated_at = now() FROM UNNEST($3::int[], $4::bigint[]) AS v(p, o) \
+             WHERE s.consumer_group = $1 AND s.topic = $2 AND s.partition = v.p AND v.o > s.next_offset",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(&parts)
+        .bind(&offs)
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await
+    }
+}
+
+/// Deletes applied-event ids older than `hours` (the deduplication window).
+pub async fn prune_processed(pool: &PgPool, hours: u64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM processed_events WHERE processed_at < now() - make_interval(hours => $1)")
+        .bind(i32::try_from(hours).unwrap_or(i32::MAX))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}

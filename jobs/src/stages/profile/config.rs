@@ -1,0 +1,56 @@
+//! Profile stage configuration.
+
+use std::net::SocketAddr;
+
+use lifecycle_pipeline::profile::LifecycleRules;
+use serde::{Deserialize, Serialize};
+
+/// Settings of the profile stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    /// Consumer group; instances in one group split the partitions (and so the users).
+    pub group_id: String,
+    /// Most records per batch (one PostgreSQL transaction per batch).
+    pub max_batch_records: usize,
+    /// How long a batch may wait to fill, in milliseconds.
+    pub batch_linger_ms: u64,
+    /// Where `/metrics` and `/healthz` are served; none when absent.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Rejoin the group after holding no partition this long, in seconds (0: never).
+    pub rejoin_when_unassigned_secs: u64,
+    /// How long applied event ids are remembered for deduplication, in hours.
+    pub dedup_window_hours: u64,
+    /// Profiles kept in memory before the cache is dropped and rebuilt from PostgreSQL.
+    pub max_cached_profiles: usize,
+    /// Lifecycle stage thresholds.
+    pub lifecycle: LifecycleRules,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "lifecycle-profile".into(),
+            max_batch_records: 5000,
+            batch_linger_ms: 100,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
+            rejoin_when_unassigned_secs: 20,
+            dedup_window_hours: 7 * 24,
+            max_cached_profiles: 200_000,
+            lifecycle: LifecycleRules::default(),
+        }
+    }
+}
+
+impl ProfileConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.group_id.is_empty() || self.max_batch_records == 0 {
+            return Err("profile.group_id must be set and profile.max_batch_records positive".into());
+        }
+        if self.dedup_window_hours == 0 {
+            return Err("profile.dedup_window_hours must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! The stage loop. Per batch, in one PostgreSQL transaction: lock the batch's
+//! partition offsets, drop records below them (applied before a restart) and
+//! repeated event ids (duplicate deliveries), apply the rest to the profiles,
+//! produce the changelog and lifecycle events, then write profiles, history,
+//! applied ids and offsets and commit. Kafka offsets are committed afterwards,
+//! best effort: PostgreSQL's offsets are the ones that count.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::{Json, Router};
+use lifecycle_connectors::http::ops;
+use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
+use lifecycle_connectors::postgres::{self, profiles};
+use lifecycle_pipeline::avro::Envelope;
+use lifecycle_pipeline::metrics::ProfileMetrics;
+use lifecycle_pipeline::process::{self, Outcome, WriterCache};
+use lifecycle_pipeline::profile::{LifecycleRules, Profile, ScoreParams, Transition};
+use lifecycle_pipeline::{Event, Limits, Topic, Validator};
+use lifecycle_schemas::{RegistryClient, SchemaFiles};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::config::LifecycleConfig;
+use crate::stages::common::{WriterSchemas, backoff};
+
+/// Counters a caller can read while the stage runs.
+#[derive(Clone)]
+pub struct ProfileHandle {
+    /// Metrics.
+    pub metrics: ProfileMetrics,
+    /// Their registry.
+    pub registry: prometheus::Registry,
+}
+
+impl ProfileHandle {
+    /// Creates metrics in a fresh registry.
+    pub fn new() -> Result<Self, String> {
+        let registry = prometheus::Registry::new();
+        let metrics = ProfileMetrics::register(&registry).map_err(|e| e.to_string())?;
+        Ok(Self { metrics, registry })
+    }
+
+    /// Records consumed so far.
+    pub fn consumed(&self) -> u64 {
+        self.metrics.records_in.get()
+    }
+}
+
+/// Static parts of the stage.
+struct Ctx {
+    group: String,
+    topic: String,
+    changelog_topic: String,
+    lifecycle_topic: String,
+    rules: LifecycleRules,
+    params: ScoreParams,
+    envelope: Envelope,
+    validator: Validator,
+}
+
+/// A consumed record, decoded.
+struct Decoded {
+    partition: i32,
+    offset: i64,
+    event: Option<Event>,
+}
+
+fn decode(ctx: &Ctx, cache: &WriterCache, r: &RawRecord) -> Decoded {
+    let event = match process::process(&r.payload, cache, &ctx.envelope, &ctx.validator, chrono::Utc::now()) {
+        Outcome::Valid(e) => Some(e),
+        Outcome::Rejected(rej, _) => {
+            tracing::error!(partition = r.partition, offset = r.offset, reason = %rej.reason, message = %rej.message, "undecodable record on events.valid");
+            None
+        }
+    };
+    Decoded { partition: r.partition, offset: r.offset, event }
+}
+
+/// Applies one batch in one transaction; returns the updated profiles to cache.
+async fn apply_batch(
+    ctx: &Ctx,
+    pool: &PgPool,
+    sink: &KafkaSink,
+    cache: &HashMap<String, Profile>,
+    batch: &[Decoded],
+    m: &ProfileMetrics,
+) -> Result<HashMap<String, Profile>, String> {
+    let mut tx = profiles::begin(pool).await.map_err(|e| format!("begin: {e}"))?;
+    let mut partitions: Vec<i32> = batch.iter().map(|d| d.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    let applied_up_to =
+        tx.lock_offsets(&ctx.group, &ctx.topic, &partitions).await.map_err(|e| format!("offsets: {e}"))?;
+    let fresh: Vec<&Decoded> =
+        batch.iter().filter(|d| d.offset >= applied_up_to.get(&d.partition).copied().unwrap_or(0)).collect();
+    m.skipped.with_label_values(&["offset"]).inc_by((batch.len() - fresh.len()) as u64);
+    let ids: Vec<String> = fresh.iter().filter_map(|d| d.event.as_ref().map(|e| e.event_id.clone())).collect();
+    let mut seen = tx.seen(&ids).await.map_err(|e| format!("dedup: {e}"))?;
+    let mut events: Vec<&Event> = Vec::with_capacity(fresh.len());
+    for d in &fresh {
+        match &d.event {
+            None => m.skipped.with_label_values(&["undecodable"]).inc(),
+            Some(e) if !seen.insert(e.event_id.clone()) => m.skipped.with_label_values(&["event_id"]).inc(),
+            Some(e) => events.push(e),
+        }
+    }
+    let missing: Vec<String> = events
+        .iter()
+        .map(|e| e.user_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .filter(|u| !cache.contains_key(u))
+        .collect();
+    let mut loaded = tx.load(&missing).await.map_err(|e| format!("load: {e}"))?;
+    let mut working: HashMap<String, Profile> = HashMap::new();
+    let mut transitions: Vec<Transition> = Vec::new();
+    for e in &events {
+        let p = working.entry(e.user_id.clone()).or_insert_with(|| {
+            cache
+                .get(&e.user_id)
+                .cloned()
+                .or_else(|| loaded.remove(&e.user_id))
+                .unwrap_or_else(|| Profile::new(e.user_id.clone()))
+        });
+        if let Some(t) = p.apply(e, &ctx.rules, &ctx.params) {
+            transitions.push(t);
+        }
+    }
+    // Changelog and lifecycle events first: if we crash before the commit, the
+    // batch is applied again and they are produced again (same keys and ids).
+    let mut out = Vec::with_capacity(working.len() + transitions.len());
+    for p in working.values() {
+        let doc = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+        out.push(OutRecord {
+            topic: ctx.changelog_topic.clone(),
+            key: Some(p.user_id.as_bytes().to_vec()),
+            payload: doc,
+            headers: vec![],
+        });
+    }
+    for t in &transitions {
+        let doc = serde_json::json!({
+            "event_type": "lifecycle.stage_changed", "user_id": t.user_id, "from_stage": t.from.as_str(),
+            "to_stage": t.to.as_str(), "transitioned_at": t.at, "cause_event_id": t.event_id,
+        });
+        out.push(OutRecord {
+            topic: ctx.lifecycle_topic.clone(),
+            key: Some(t.user_id.as_bytes().to_vec()),
+            payload: doc.to_string().into_bytes(),
+            headers: vec![],
+        });
+    }
+    sink.send_all(&out).await.map_err(|e| format!("produce: {e}"))?;
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for d in batch {
+        let e = next.entry(d.partition).or_insert(d.offset + 1);
+        *e = (*e).max(d.offset + 1);
+    }
+    let touched: Vec<&Profile> = working.values().collect();
+    let applied: Vec<(String, String)> = events.iter().map(|e| (e.event_id.clone(), e.user_id.clone())).collect();
+    tx.write_and_commit(&touched, &transitions, &applied, &ctx.group, &ctx.topic, &next)
+        .await
+        .map_err(|e| format!("commit: {e}"))?;
+    m.events_applied.inc_by(events.len() as u64);
+    for t in &transitions {
+        m.transitions.with_label_values(&[t.to.as_str()]).inc();
+    }
+    Ok(working)
+}
+
+/// Runs the stage until `shutdown` turns true; finishes the batch in hand first.
+pub async fn run(
+    cfg: &LifecycleConfig,
+    handle: ProfileHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let pc = &cfg.profile;
+    pc.validate()?;
+    let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
+    // events.valid holds validated events: decode them without age limits.
+    let lenient = Limits {
+        max_future_skew: Duration::from_secs(100 * 365 * 86_400),
+        max_age: Duration::from_secs(100 * 365 * 86_400),
+        max_id_len: 4096,
+    };
+    let ctx = Ctx {
+        group: pc.group_id.clone(),
+        topic: cfg.topics.name(Topic::EventsValid),
+        changelog_topic: cfg.topics.name(Topic::ProfilesChangelog),
+        lifecycle_topic: cfg.topics.name(Topic::LifecycleEvents),
+        rules: pc.lifecycle.clone(),
+        params: ScoreParams::default(),
+        envelope: files.envelope().map_err(|e| e.to_string())?,
+        validator: Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), lenient),
+    };
+    let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
+    let client = RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?;
+    let mut writers = WriterSchemas::new(client, Duration::from_secs(60));
+    let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
+    let subscribe = || BatchSource::subscribe(&cfg.kafka, &pc.group_id, &[&ctx.topic]).map_err(|e| e.to_string());
+    let mut source = subscribe()?;
+    let m = handle.metrics.clone();
+    if let Some(addr) = pc.metrics_addr {
+        let app = Router::new()
+            .route("/metrics", get(ops::metrics_handler))
+            .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+            .with_state(handle.registry.clone());
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = ops::serve(addr, app, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = served.await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    tracing::info!(input = %ctx.topic, group = %ctx.group, "profile stage started");
+    let mut cache: HashMap<String, Profile> = HashMap::new();
+    let mut rebalances = source.rebalances();
+    let mut unassigned_since: Option<Instant> = None;
+    let rejoin_after = Duration::from_secs(pc.rejoin_when_unassigned_secs);
+    let mut last_housekeeping = Instant::now();
+    let linger = Duration::from_millis(pc.batch_linger_ms);
+    loop {
+        let batch = tokio::select! {
+            b = source.next_batch(pc.max_batch_records, linger, Duration::from_secs(1)) => b,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        if source.rebalances() != rebalances {
+            // Partitions may have moved: another instance may have changed these users.
+            rebalances = source.rebalances();
+            cache.clear();
+        }
+        let batch = match batch {
+            Ok(b) if b.is_empty() => {
+                let since = *unassigned_since.get_or_insert_with(Instant::now);
+                if source.assigned_partitions().unwrap_or(0) > 0 {
+                    unassigned_since = None;
+                } else if !rejoin_after.is_zero() && since.elapsed() >= rejoin_after {
+                    tracing::warn!(
+                        secs = since.elapsed().as_secs(),
+                        "no partition assigned; leaving and rejoining the consumer group"
+                    );
+                    m.retries.with_label_values(&["rejoin"]).inc();
+                    drop(source);
+                    source = subscribe()?;
+                    rebalances = source.rebalances();
+                    cache.clear();
+                    unassigned_since = None;
+                }
+                continue;
+            }
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        unassigned_since = None;
+        let started = Instant::now();
+        m.records_in.inc_by(batch.len() as u64);
+        m.batch_size.observe(batch.len() as f64);
+        writers.fill(&ctx.envelope, &batch, &m.retries).await;
+        let decoded: Vec<Decoded> = batch.iter().map(|r| decode(&ctx, writers.cache(), r)).collect();
+        let mut attempt = 0;
+        let updated = loop {
+            match apply_batch(&ctx, &pool, &sink, &cache, &decoded, &m).await {
+                Ok(updated) => break updated,
+                Err(e) => {
+                    m.retries.with_label_values(&["batch"]).inc();
+                    tracing::warn!(error = %e, attempt, records = decoded.len(), "batch failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        };
+        m.flush_seconds.observe(started.elapsed().as_secs_f64());
+        if cache.len() + updated.len() > pc.max_cached_profiles {
+            cache.clear();
+        }
+        cache.extend(updated);
+        if let Err(e) = source.commit(&batch) {
+            tracing::debug!(error = %e, "kafka commit failed; PostgreSQL offsets stay authoritative");
+        }
+        if last_housekeeping.elapsed() > Duration::from_secs(60) {
+            last_housekeeping = Instant::now();
+            match profiles::prune_processed(&pool, pc.dedup_window_hours).await {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "pruned applied event ids past the dedup window"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning applied event ids failed"),
+            }
+            if let Ok(lags) = source.lag() {
+                for (_, partition, lag) in lags {
+                    m.lag.with_label_values(&[&partition.to_string()]).set(lag);
+                }
+            }
+        }
+    }
+    tracing::info!("profile stage stopped");
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The profile stage on the real stack: profiles in PostgreSQL equal a recount
+//! of the input, with every event delivered twice, across kill -9.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Command, Stdio};
+
+use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+use lifecycle_jobs::stages::profile::{self, ProfileHandle};
+use lifecycle_jobs::workload::{AvroEncoder, Workload};
+use lifecycle_pipeline::Topic;
+use lifecycle_pipeline::profile::{LifecycleRules, Profile};
+use serde_json::Value;
+use sqlx::Row;
+use tokio::sync::watch;
+
+use crate::common::{eventually, schemas, test_config};
+
+/// Expected per-user counters, recounted from the generated events.
+#[derive(Debug, Default, PartialEq)]
+struct Recount {
+    events: u64,
+    sessions: u64,
+    session_ms: u64,
+    purchases: u64,
+    refunds: u64,
+    revenue_cents: i64,
+    event_counts: BTreeMap<String, u64>,
+    features: BTreeMap<String, u64>,
+}
+
+fn recount(events: &[Value]) -> HashMap<String, Recount> {
+    let mut out: HashMap<String, Recount> = HashMap::new();
+    for e in events {
+        let r = out.entry(e["user_id"].as_str().expect("user").to_owned()).or_default();
+        let t = e["event_type"].as_str().expect("type");
+        let props = &e["event_properties"];
+        let cents = (props["amount"].as_f64().unwrap_or(0.0) * 100.0).round() as i64;
+        r.events += 1;
+        *r.event_counts.entry(t.to_owned()).or_default() += 1;
+        match t {
+            "user.login" => r.sessions += 1,
+            "user.logout" => r.session_ms += props["session_duration_ms"].as_u64().unwrap_or(0),
+            "transaction.purchase_complete" => {
+                r.purchases += 1;
+                r.revenue_cents += cents;
+            }
+            "transaction.refund" => {
+                r.refunds += 1;
+                r.revenue_cents -= cents;
+            }
+            "engagement.feature_click" => {
+                *r.features.entry(props["feature"].as_str().expect("f").to_owned()).or_default() += 1
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn as_recount(p: &Profile) -> Recount {
+    Recount {
+        events: p.events_applied,
+        sessions: p.behavioral.session_count,
+        session_ms: p.behavioral.total_session_duration_ms,
+        purchases: p.transaction.total_purchases,
+        refunds: p.transaction.total_refunds,
+        revenue_cents: p.transaction.total_revenue_cents,
+        event_counts: p.behavioral.event_counts.clone(),
+        features: p.behavioral.feature_usage_map.clone(),
+    }
+}
+
+/// Generates `n` events for `users` users and produces each one `times` times to
+/// events.valid (the second copy after all first copies: far-apart duplicates).
+async fn produce_valid(
+    cfg: &lifecycle_jobs::LifecycleConfig,
+    valid_id: u32,
+    n: usize,
+    users: u32,
+    times: usize,
+) -> Vec<Value> {
+    let (envelope, validator) = schemas();
+    let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id: valid_id };
+    let mut w = Workload::new(21, users, &cfg.topics.prefix, chrono::Utc::now());
+    let events: Vec<Value> = (0..n).map(|_| w.next_event()).collect();
+    let topic = cfg.topics.name(Topic::EventsValid);
+    let records: Vec<OutRecord> = events
+        .iter()
+        .map(|e| OutRecord {
+            topic: topic.clone(),
+            key: Some(e["user_id"].as_str().expect("u").as_bytes().to_vec()),
+            payload: enc.encode(e).expect("encode"),
+            headers: vec![],
+        })
+        .collect();
+    let sink = KafkaSink::new(&cfg.kafka).expect("producer");
+    for _ in 0..times {
+        for chunk in records.chunks(5000) {
+            sink.send_all(chunk).await.expect("produce");
+        }
+    }
+    events
+}
+
+async fn applied_offsets(pool: &sqlx::PgPool, group: &str) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT sum(next_offset)::bigint FROM stage_offsets WHERE consumer_group = $1")
+        .bind(group)
+        .fetch_one(pool)
+        .await
+        .expect("offsets")
+        .unwrap_or(0)
+}
+
+/// Compares every stored profile with the recount; checks history and stages.
+async fn check_profiles(cfg: &lifecycle_jobs::LifecycleConfig, pool: &sqlx::PgPool, events: &[Value]) {
+    let expected = recount(events);
+    let rows = sqlx::query(
+        "SELECT external_id, profile, current_lifecycle_stage, id FROM users WHERE starts_with(external_id, $1)",
+    )
+    .bind(&cfg.topics.prefix)
+    .fetch_all(pool)
+    .await
+    .expect("profiles");
+    assert_eq!(rows.len(), expected.len(), "one row per user");
+    let rules = LifecycleRules::default();
+    for row in &rows {
+        let user: String = row.get(0);
+        let p: Profile = serde_json::from_value(row.get(1)).expect("profile document");
+        assert_eq!(as_recount(&p), expected[&user], "{user}");
+        assert_eq!(p.lifecycle_stage, rules.qualified(&p), "{user}: stage follows the rules");
+        assert_eq!(row.get::<String, _>(2), p.lifecycle_stage.as_str());
+        let history: Vec<(Option<String>, String)> = sqlx::query_as(
+            "SELECT from_stage, to_stage FROM user_lifecycle_history WHERE user_id = $1 ORDER BY transitioned_at, id",
+        )
+        .bind(row.get::<uuid::Uuid, _>(3))
+        .fetch_all(pool)
+        .await
+        .expect("history");
+        // Exactly one row per stage change (none repeated by redelivery), ending at the current stage.
+        let mut tos: Vec<&String> = history.iter().map(|(_, to)| to).collect();
+        let n = tos.len();
+        tos.dedup();
+        assert_eq!(tos.len(), n, "{user}: no repeated transition");
+        if p.lifecycle_stage.as_str() != "Acquisition" {
+            assert_eq!(
+                history.iter().map(|(_, t)| t.as_str()).max_by_key(|t| lifecycle_pipeline::profile::Stage::parse(t)),
+                Some(p.lifecycle_stage.as_str())
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_events_twice_recount_exactly() {
+    let (mut cfg, reg) = test_config("prof").await;
+    cfg.profile.group_id = format!("{}-profile", cfg.validate.group_id);
+    cfg.profile.metrics_addr = None;
+    let events = produce_valid(&cfg, reg.valid_envelope_id, 50_000, 2_000, 2).await;
+    let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.expect("db");
+    let handle = ProfileHandle::new().expect("metrics");
+    let (stop, rx) = watch::channel(false);
+    let stage = {
+        let (cfg, handle) = (cfg.clone(), handle.clone());
+        tokio::spawn(async move { profile::run(&cfg, handle, rx).await })
+    };
+    let done = eventually(240, || handle.consumed() >= 100_000).await;
+    stop.send(true).expect("stop");
+    stage.await.expect("join").expect("stage ran cleanly");
+    assert!(done, "consumed {}", handle.consumed());
+    assert_eq!(applied_offsets(&pool, &cfg.profile.group_id).await, 100_000);
+    let m = &handle.metrics;
+    assert_eq!(m.events_applied.get(), 50_000, "each event applied once");
+    assert_eq!(m.skipped.with_label_values(&["event_id"]).get(), 50_000, "each second copy skipped");
+    check_profiles(&cfg, &pool, &events).await;
+    // The compacted changelog carries every user's latest profile.
+    let mut latest: HashMap<String, u64> = HashMap::new();
+    for (_, _, key, payload) in crate::common::read_all(&cfg, Topic::ProfilesChangelog) {
+        let p: Profile = serde_json::from_slice(&payload).expect("changelog JSON");
+        assert_eq!(key.as_deref(), Some(p.user_id.as_bytes()));
+        latest.insert(p.user_id, p.events_applied);
+    }
+    let expected = recount(&events);
+    assert_eq!(latest.len(), expected.len());
+    for (user, n) in latest {
+        assert_eq!(n, expected[&user].events, "{user}: last changelog record is the final profile");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_duplicates_still_recount_exactly() {
+    let (mut cfg, reg) = test_config("profkill").await;
+    cfg.profile.group_id = format!("{}-profile", cfg.validate.group_id);
+    cfg.profile.max_batch_records = 1000;
+    cfg.profile.metrics_addr = None;
+    cfg.validate.metrics_addr = None;
+    let dir = std::env::temp_dir().join(format!("lifecycle-{}", cfg.profile.group_id));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config_path = dir.join("lifecycle.toml");
+    std::fs::write(&config_path, toml::to_string(&cfg).expect("toml")).expect("config");
+    let events = produce_valid(&cfg, reg.valid_envelope_id, 50_000, 2_000, 2).await;
+    let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.expect("db");
+    let spawn = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lifecycle"))
+            .args(["run", "profile"])
+            .env("LIFECYCLE_CONFIG", &config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(name)).expect("log"))
+            .spawn()
+            .expect("spawn lifecycle run profile")
+    };
+    let mut first = spawn("first.log");
+    // Kill at a moment that depends on the clock: somewhere in the first 40% of the stream.
+    let target = 10_000 + i64::from(chrono::Utc::now().timestamp_subsec_millis()) * 30;
+    let mut progressed = false;
+    for _ in 0..600 {
+        if applied_offsets(&pool, &cfg.profile.group_id).await >= target {
+            progressed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    first.kill().expect("kill -9");
+    first.wait().expect("reap");
+    assert!(progressed, "progress before the kill; logs in {}", dir.display());
+    let at_kill = applied_offsets(&pool, &cfg.profile.group_id).await;
+    assert!(at_kill < 100_000, "killed mid-stream at {at_kill}");
+    let mut second = spawn("second.log");
+    let mut done = false;
+    for _ in 0..2400 {
+        if applied_offsets(&pool, &cfg.profile.group_id).await >= 100_000 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill").arg(second.id().to_string()).status();
+    let _ = tokio::task::spawn_blocking(move || second.wait()).await;
+    assert!(done, "finished after restart; logs in {}", dir.display());
+    eprintln!("profile kill -9 test: killed at {at_kill} of 100000 records");
+    check_profiles(&cfg, &pool, &events).await;
+}
