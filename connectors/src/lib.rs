@@ -4,5 +4,6 @@
 
 pub mod http;
 pub mod http_ingest;
+pub mod http_users;
 pub mod kafka;
 pub mod postgres;

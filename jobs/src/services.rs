@@ -51,10 +51,17 @@ pub async fn ingest_state(cfg: &LifecycleConfig) -> Result<IngestState, String> 
     })
 }
 
-/// Serves the ingestion API until `shutdown`.
-pub async fn run_ingest(cfg: &LifecycleConfig, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+/// The REST API: events ingestion and users, behind API keys.
+pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
     let state = ingest_state(cfg).await?;
-    ops::serve(cfg.ingest.listen_addr, router(state), stopped(shutdown))
+    let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
+    Ok(router(state, lifecycle_connectors::http_users::router(lifecycle_connectors::http_users::UsersState { pool })))
+}
+
+/// Serves the REST API (ingestion and users) until `shutdown`.
+pub async fn run_ingest(cfg: &LifecycleConfig, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let app = api_router(cfg).await?;
+    ops::serve(cfg.ingest.listen_addr, app, stopped(shutdown))
         .await
         .map_err(|e| format!("ingest API on {}: {e}", cfg.ingest.listen_addr))
 }

@@ -42,9 +42,10 @@ pub struct IngestState {
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Builds the router: `/events*` behind API keys, `/healthz`, `/metrics` and
+/// Builds the router: `/events*` and the routes of `protected_extra` (e.g. the
+/// users API) behind API keys and the rate limit; `/healthz`, `/metrics` and
 /// `/openapi.json` open.
-pub fn router(state: IngestState) -> Router {
+pub fn router(state: IngestState, protected_extra: Router) -> Router {
     let single =
         Router::new().route("/events", post(post_event)).layer(DefaultBodyLimit::max(state.config.max_event_bytes));
     let batch = Router::new()
@@ -52,8 +53,9 @@ pub fn router(state: IngestState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_batch_bytes));
     let protected = single
         .merge(batch)
-        .route_layer(middleware::from_fn_with_state(state.keys.clone(), auth::authenticate))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(protected_extra)
+        .route_layer(middleware::from_fn_with_state(state.keys.clone(), auth::authenticate));
     let open = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))

@@ -1,38 +1,55 @@
 //! The ingestion API over real HTTP, with keys in PostgreSQL and Kafka behind it.
 
 use lifecycle_connectors::http::auth::{ApiKeys, Role};
-use lifecycle_connectors::http_ingest::router;
 use lifecycle_jobs::workload::Workload;
 use lifecycle_pipeline::Topic;
 use serde_json::{Value, json};
 
 use crate::common::{read_all, test_config};
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    cfg: lifecycle_jobs::LifecycleConfig,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) cfg: lifecycle_jobs::LifecycleConfig,
 }
 
-async fn start(name: &str, rpm: u32) -> Api {
+pub(crate) async fn start(name: &str, rpm: u32) -> Api {
     let (mut cfg, _) = test_config(name).await;
     cfg.ingest.requests_per_minute = rpm;
-    let state = lifecycle_jobs::services::ingest_state(&cfg).await.expect("state");
+    let app = lifecycle_jobs::services::api_router(&cfg).await.expect("api");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    tokio::spawn(async move { axum::serve(listener, app).await });
     Api { base, http: reqwest::Client::builder().no_proxy().build().expect("client"), cfg }
 }
 
-async fn key(cfg: &lifecycle_jobs::LifecycleConfig, role: Role) -> (uuid::Uuid, String) {
+pub(crate) async fn key(cfg: &lifecycle_jobs::LifecycleConfig, role: Role) -> (uuid::Uuid, String) {
     let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.expect("db");
     ApiKeys::create(&pool, "test", role).await.expect("key")
 }
 
 impl Api {
-    async fn post(&self, path: &str, key: Option<&str>, body: Vec<u8>) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut req =
-            self.http.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body);
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        self.send(reqwest::Method::POST, path, key, body).await
+    }
+
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }

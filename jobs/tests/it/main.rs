@@ -7,4 +7,5 @@ mod ingest_api;
 mod profile_stage;
 mod python_client;
 mod registry;
+mod users_api;
 mod validate_stage;
