@@ -86,12 +86,17 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.map_err(|e| e.to_string())?;
     let (_, api_key) = ApiKeys::create(&pool, "demo", Role::Operator).await.map_err(|e| e.to_string())?;
 
-    println!("\n== 2. stages: ingestion API on http://{} + validation stage ==", cfg.ingest.listen_addr);
+    println!("\n== 2. stages: API on http://{} + validation stage + profile stage ==", cfg.ingest.listen_addr);
     let (stop_tx, stop_rx) = watch::channel(false);
     let handle = StageHandle::new()?;
     let stage = {
         let (cfg, handle, rx) = (cfg.clone(), handle.clone(), stop_rx.clone());
         tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
+    };
+    let profiles = {
+        let (cfg, rx) = (cfg.clone(), stop_rx.clone());
+        let handle = crate::stages::profile::ProfileHandle::new()?;
+        tokio::spawn(async move { crate::stages::profile::run(&cfg, handle, rx).await })
     };
     let api = {
         let (cfg, rx) = (cfg.clone(), stop_rx.clone());
@@ -167,11 +172,25 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
 
     let expected = records.len() as u64 + http_accepted;
     let done = crate::stack::wait_for(Duration::from_secs(120), || async { handle.counts().0 >= expected }).await;
+    if !done {
+        let _ = stop_tx.send(true);
+        return Err(format!("the stage processed {} of {expected} records in 120 s", handle.counts().0));
+    }
+    // Profiles of this run's users: wait until they hold every valid event.
+    let applied_sql = "SELECT count(*), COALESCE(sum((profile->>'events_applied')::bigint), 0)::bigint \
+                       FROM users WHERE starts_with(external_id, $1)";
+    let valid_count = handle.counts().1;
+    let profiled = crate::stack::wait_for(Duration::from_secs(120), || async {
+        let row: Result<(i64, i64), _> = sqlx::query_as(applied_sql).bind(&run_id).fetch_one(&pool).await;
+        row.is_ok_and(|(_, n)| n as u64 >= valid_count)
+    })
+    .await;
     let _ = stop_tx.send(true);
     stage.await.map_err(|e| e.to_string())??;
+    profiles.await.map_err(|e| e.to_string())??;
     api.await.map_err(|e| e.to_string())??;
-    if !done {
-        return Err(format!("the stage processed {} of {expected} records in 120 s", handle.counts().0));
+    if !profiled {
+        return Err("the profile stage did not apply every valid event in 120 s".into());
     }
 
     println!("\n== 4. what happened ==");
@@ -197,6 +216,38 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         s.original_base64 =
             format!("{}... ({} chars)", &s.original_base64[..24.min(s.original_base64.len())], s.original_base64.len());
         println!("sample DLQ record:\n{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+    }
+    let (users, applied): (i64, i64) =
+        sqlx::query_as(applied_sql).bind(&run_id).fetch_one(&pool).await.map_err(|e| e.to_string())?;
+    println!("\nprofile stage: {users} user profiles in PostgreSQL hold {applied} events (= valid {cvalid})");
+    let stages: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT current_lifecycle_stage, count(*) FROM users WHERE starts_with(external_id, $1) GROUP BY 1 ORDER BY 2 DESC",
+    )
+    .bind(&run_id)
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    let line: Vec<String> = stages.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("lifecycle stages: {}", line.join(", "));
+    let top: Option<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT external_id, profile FROM users WHERE starts_with(external_id, $1) \
+         ORDER BY (profile->>'events_applied')::bigint DESC LIMIT 1",
+    )
+    .bind(&run_id)
+    .fetch_optional(&pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Some((user, p)) = top {
+        println!(
+            "busiest user {user}: {} events, {} sessions, {} purchases, revenue {:.2}, engagement score {}, CLV {:.2}, stage {}",
+            p["events_applied"],
+            p["behavioral"]["session_count"],
+            p["transaction"]["total_purchases"],
+            p["transaction"]["total_revenue_cents"].as_i64().unwrap_or(0) as f64 / 100.0,
+            p["behavioral"]["engagement_score"],
+            p["transaction"]["customer_lifetime_value"].as_f64().unwrap_or(0.0),
+            p["lifecycle_stage"]
+        );
     }
     println!(
         "\ninspect with kcat: kcat -b {} -C -t {dlq_topic} -o -3 -e   |   registry: curl {}/subjects",

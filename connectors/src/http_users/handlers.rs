@@ -36,12 +36,12 @@ pub fn router(state: UsersState) -> Router {
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
-    if let sqlx::Error::Database(d) = &e {
-        if d.code().as_deref() == Some("23505") {
-            let field = if d.constraint().is_some_and(|c| c.contains("email")) { "email" } else { "user_id" };
-            return ApiError::new(StatusCode::CONFLICT, "conflict", format!("a user with this {field} exists"))
-                .with_details(json!({ "field": field }));
-        }
+    if let sqlx::Error::Database(d) = &e
+        && d.code().as_deref() == Some("23505")
+    {
+        let field = if d.constraint().is_some_and(|c| c.contains("email")) { "email" } else { "user_id" };
+        return ApiError::new(StatusCode::CONFLICT, "conflict", format!("a user with this {field} exists"))
+            .with_details(json!({ "field": field }));
     }
     tracing::error!(error = %e, "users query failed");
     ApiError::unavailable("database unavailable; retry later")
@@ -83,15 +83,15 @@ fn user_json(row: &sqlx::postgres::PgRow, caller: &Caller) -> Value {
                     }
                 }
             }
-            if let Some(d) = doc.get_mut("demographic").and_then(Value::as_object_mut) {
-                if d.get("date_of_birth").is_some_and(|v| !v.is_null()) {
-                    d.insert("date_of_birth".into(), Value::String("***".into()));
-                }
+            if let Some(d) = doc.get_mut("demographic").and_then(Value::as_object_mut)
+                && d.get("date_of_birth").is_some_and(|v| !v.is_null())
+            {
+                d.insert("date_of_birth".into(), Value::String("***".into()));
             }
-            if let Some(o) = doc.as_object_mut() {
-                if o.get("date_of_birth").is_some_and(|v| !v.is_null()) {
-                    o.insert("date_of_birth".into(), Value::String("***".into()));
-                }
+            if let Some(o) = doc.as_object_mut()
+                && o.get("date_of_birth").is_some_and(|v| !v.is_null())
+            {
+                o.insert("date_of_birth".into(), Value::String("***".into()));
             }
         }
     }

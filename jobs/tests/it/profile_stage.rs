@@ -240,3 +240,41 @@ async fn kill_9_and_duplicates_still_recount_exactly() {
     eprintln!("profile kill -9 test: killed at {at_kill} of 100000 records");
     check_profiles(&cfg, &pool, &events).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_partitions_and_agree_with_the_recount() {
+    let (mut cfg, reg) = test_config("proftwo").await;
+    cfg.profile.group_id = format!("{}-profile", cfg.validate.group_id);
+    cfg.profile.metrics_addr = None;
+    cfg.profile.max_batch_records = 500;
+    let events = produce_valid(&cfg, reg.valid_envelope_id, 20_000, 800, 1).await;
+    let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.expect("db");
+    let (stop, rx) = watch::channel(false);
+    let start = |handle: ProfileHandle| {
+        let (cfg, rx) = (cfg.clone(), rx.clone());
+        tokio::spawn(async move { profile::run(&cfg, handle, rx).await })
+    };
+    let (a, b) = (ProfileHandle::new().expect("metrics"), ProfileHandle::new().expect("metrics"));
+    let first = start(a.clone());
+    assert!(eventually(30, || a.consumed() > 0).await, "first instance started");
+    let second = start(b.clone());
+    let mut done = false;
+    for _ in 0..1200 {
+        if applied_offsets(&pool, &cfg.profile.group_id).await >= 20_000 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).expect("stop");
+    first.await.expect("join").expect("first");
+    second.await.expect("join").expect("second");
+    assert!(done, "all applied: a {} b {}", a.consumed(), b.consumed());
+    assert!(b.consumed() > 0, "the second instance took over partitions (a {}, b {})", a.consumed(), b.consumed());
+    assert_eq!(
+        a.metrics.events_applied.get() + b.metrics.events_applied.get(),
+        20_000,
+        "each event applied once in total"
+    );
+    check_profiles(&cfg, &pool, &events).await;
+}
