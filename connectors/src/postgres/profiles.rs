@@ -173,6 +173,21 @@ impl ProfileTx {
             .bind(&meta)
             .execute(&mut *self.tx)
             .await?;
+            // The audit log of lifecycle events (seed table lifecycle_events).
+            let data: Vec<serde_json::Value> = transitions
+                .iter()
+                .map(|t| serde_json::json!({"from_stage": t.from.as_str(), "to_stage": t.to.as_str(), "cause_event_id": t.event_id}))
+                .collect();
+            sqlx::query(
+                "INSERT INTO lifecycle_events (event_type, user_id, lifecycle_stage, event_data, created_at) \
+                 SELECT 'lifecycle.stage_changed', u, s, d, t FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[]) AS v(u, s, d, t)",
+            )
+            .bind(&users)
+            .bind(&to)
+            .bind(&data)
+            .bind(&at)
+            .execute(&mut *self.tx)
+            .await?;
         }
         if !applied.is_empty() {
             let ids: Vec<&str> = applied.iter().map(|(e, _)| e.as_str()).collect();

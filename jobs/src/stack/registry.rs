@@ -25,6 +25,20 @@ pub(super) async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
         println!("schema registry: already answering on {url}");
         return Ok(());
     }
+    // One we started that no longer answers healthily (e.g. its database was
+    // re-created underneath it) is restarted; anything else on the port is reported.
+    if stop("registry", &pid_file(s, "registry"))? {
+        println!("schema registry: restarted an unhealthy instance");
+    } else if super::proc::port_open(cfg.registry.listen_addr.port()).await {
+        return Err(err(
+            "registry",
+            format!(
+                "something on {} answers but /healthz is not OK, and it was not started from {}; stop it",
+                cfg.registry.listen_addr,
+                s.data_dir.display()
+            ),
+        ));
+    }
     let exe = std::env::current_exe().map_err(|e| err("registry", e.to_string()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("registry");

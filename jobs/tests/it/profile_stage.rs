@@ -141,6 +141,14 @@ async fn check_profiles(cfg: &lifecycle_jobs::LifecycleConfig, pool: &sqlx::PgPo
         let n = tos.len();
         tos.dedup();
         assert_eq!(tos.len(), n, "{user}: no repeated transition");
+        let audited: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM lifecycle_events WHERE user_id = $1 AND event_type = 'lifecycle.stage_changed'",
+        )
+        .bind(row.get::<uuid::Uuid, _>(3))
+        .fetch_one(pool)
+        .await
+        .expect("audit log");
+        assert_eq!(audited as usize, n, "{user}: one lifecycle_events row per transition");
         if p.lifecycle_stage.as_str() != "Acquisition" {
             assert_eq!(
                 history.iter().map(|(_, t)| t.as_str()).max_by_key(|t| lifecycle_pipeline::profile::Stage::parse(t)),

@@ -73,9 +73,9 @@ impl Store {
         sqlx::migrate!("./migrations").run(&self.pool).await
     }
 
-    /// Checks the database answers.
+    /// Checks the database answers and holds the registry's tables.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1 FROM registry_config LIMIT 1").execute(&self.pool).await?;
         Ok(())
     }
 
