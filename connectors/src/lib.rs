@@ -2,6 +2,7 @@
 //! batching source, acknowledging sink), PostgreSQL (pool, migrations), and the
 //! HTTP layer (ingestion API, API keys, rate limits, metrics endpoints).
 
+pub mod clickhouse;
 pub mod http;
 pub mod http_ingest;
 pub mod http_users;

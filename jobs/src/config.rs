@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lifecycle_connectors::clickhouse::ClickHouseConfig;
 use lifecycle_connectors::http_ingest::IngestConfig;
 use lifecycle_connectors::kafka::config::KafkaConfig;
 use lifecycle_connectors::postgres::PostgresConfig;
@@ -62,6 +63,8 @@ pub struct LifecycleConfig {
     pub postgres: PostgresConfig,
     /// Base URL of the Confluent-compatible schema registry.
     pub registry_url: String,
+    /// The analytics database.
+    pub clickhouse: ClickHouseConfig,
     /// Topic names.
     pub topics: TopicNames,
     /// Directory with `envelope.avsc` and `events/*.avsc` (default: the repo's `schemas/avro`).
@@ -89,6 +92,7 @@ impl Default for LifecycleConfig {
             kafka: KafkaConfig::default(),
             postgres: PostgresConfig::default(),
             registry_url: "http://127.0.0.1:8081".into(),
+            clickhouse: ClickHouseConfig::default(),
             topics: TopicNames::default(),
             schemas_dir: None,
             validation: ValidationConfig::default(),

@@ -2,6 +2,7 @@
 //! installed and started by the project, with data under one project-local
 //! directory. `up` is idempotent: a service that already answers is left alone.
 
+pub mod clickhouse;
 mod postgres;
 mod proc;
 pub mod python;
@@ -29,6 +30,10 @@ pub struct StackConfig {
     pub kafka_port: u16,
     /// PostgreSQL port.
     pub postgres_port: u16,
+    /// ClickHouse HTTP port.
+    pub clickhouse_http_port: u16,
+    /// ClickHouse native-protocol port (clickhouse-client).
+    pub clickhouse_tcp_port: u16,
 }
 
 impl Default for StackConfig {
@@ -42,6 +47,8 @@ impl Default for StackConfig {
             tansu_version: "0.6.0".into(),
             kafka_port: 9092,
             postgres_port: 5432,
+            clickhouse_http_port: 8123,
+            clickhouse_tcp_port: 9000,
         }
     }
 }
@@ -81,6 +88,7 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
     std::fs::create_dir_all(s.data_dir.join("run")).map_err(|e| err("stack", e.to_string()))?;
     postgres::up(cfg).await?;
     tansu::up(s).await?;
+    clickhouse::up(s).await?;
     registry::up(cfg).await?;
     crate::setup::topics_and_schemas(cfg).await.map_err(|e| err("setup", e))?;
     python::up(s)?;
@@ -90,6 +98,7 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
 /// Stops the services this project started (by pid file), newest first.
 pub async fn down(cfg: &LifecycleConfig) -> Result<(), StackError> {
     registry::down(&cfg.stack)?;
+    clickhouse::down(&cfg.stack)?;
     tansu::down(&cfg.stack)?;
     postgres::down(&cfg.stack)?;
     Ok(())
@@ -97,7 +106,12 @@ pub async fn down(cfg: &LifecycleConfig) -> Result<(), StackError> {
 
 /// Health of each service.
 pub async fn status(cfg: &LifecycleConfig) -> Vec<ServiceStatus> {
-    vec![postgres::status(cfg).await, tansu::status(&cfg.stack).await, registry::status(cfg).await]
+    vec![
+        postgres::status(cfg).await,
+        tansu::status(&cfg.stack).await,
+        clickhouse::status(&cfg.stack).await,
+        registry::status(cfg).await,
+    ]
 }
 
 /// Waits until `check` passes or `timeout` elapses.
