@@ -69,6 +69,8 @@ pub enum Stage {
     Validate,
     /// events.valid -> profiles in PostgreSQL, profiles.changelog, lifecycle.events.
     Profile,
+    /// events.valid -> ClickHouse events table.
+    Analytics,
     /// HTTP ingestion API.
     Ingest,
 }
@@ -130,6 +132,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Run { stage: Stage::Profile } => {
             let handle = crate::stages::profile::ProfileHandle::new()?;
             crate::stages::profile::run(&cfg, handle, shutdown_on_signal()).await
+        }
+        Command::Run { stage: Stage::Analytics } => {
+            let handle = crate::stages::analytics::SinkHandle::new()?;
+            crate::stages::analytics::run(&cfg, handle, shutdown_on_signal()).await
         }
         Command::Run { stage: Stage::Ingest } => crate::services::run_ingest(&cfg, shutdown_on_signal()).await,
         Command::Registry => crate::services::run_registry(&cfg, shutdown_on_signal()).await,

@@ -13,6 +13,7 @@ use lifecycle_schemas::registry::config::RegistryConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::stack::StackConfig;
+use crate::stages::analytics::config::AnalyticsConfig;
 use crate::stages::profile::config::ProfileConfig;
 use crate::stages::validate::config::ValidateConfig;
 
@@ -75,6 +76,8 @@ pub struct LifecycleConfig {
     pub validate: ValidateConfig,
     /// The profile stage.
     pub profile: ProfileConfig,
+    /// The ClickHouse sink.
+    pub analytics: AnalyticsConfig,
     /// The HTTP ingestion API.
     pub ingest: IngestConfig,
     /// The schema registry service.
@@ -98,6 +101,7 @@ impl Default for LifecycleConfig {
             validation: ValidationConfig::default(),
             validate: ValidateConfig::default(),
             profile: ProfileConfig::default(),
+            analytics: AnalyticsConfig::default(),
             ingest: IngestConfig::default(),
             registry: RegistryConfig::default(),
             stack: StackConfig::default(),
@@ -122,6 +126,7 @@ impl LifecycleConfig {
         self.ingest.validate()?;
         self.validate.validate()?;
         self.profile.validate()?;
+        self.analytics.validate()?;
         url::Url::parse(&self.registry_url).map_err(|e| format!("registry_url: {e}"))?;
         Ok(())
     }

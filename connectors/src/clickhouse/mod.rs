@@ -7,6 +7,8 @@
 //! values are bound client-side (`.bind()`) and identifiers are whitelisted.
 
 pub mod config;
+pub mod migrate;
+pub mod sink;
 
 pub use config::ClickHouseConfig;
 

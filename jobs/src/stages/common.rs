@@ -69,3 +69,89 @@ impl WriterSchemas {
         }
     }
 }
+
+/// Decodes `events.valid` records into events (without age limits: they were
+/// validated on the way in).
+pub(crate) struct EventDecoder {
+    pub(crate) envelope: lifecycle_pipeline::avro::Envelope,
+    validator: lifecycle_pipeline::Validator,
+}
+
+impl EventDecoder {
+    pub(crate) fn load(cfg: &crate::config::LifecycleConfig) -> Result<Self, String> {
+        let files = lifecycle_schemas::SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        let lenient = lifecycle_pipeline::Limits { max_future_skew: century, max_age: century, max_id_len: 4096 };
+        Ok(Self {
+            envelope: files.envelope().map_err(|e| e.to_string())?,
+            validator: lifecycle_pipeline::Validator::new(
+                std::sync::Arc::new(files.catalog().map_err(|e| e.to_string())?),
+                lenient,
+            ),
+        })
+    }
+
+    /// The event, or `None` (logged) when the record cannot be read.
+    pub(crate) fn decode(&self, cache: &WriterCache, r: &RawRecord) -> Option<lifecycle_pipeline::Event> {
+        match process::process(&r.payload, cache, &self.envelope, &self.validator, chrono::Utc::now()) {
+            process::Outcome::Valid(e) => Some(e),
+            process::Outcome::Rejected(rej, _) => {
+                tracing::error!(partition = r.partition, offset = r.offset, reason = %rej.reason, message = %rej.message, "undecodable record on events.valid");
+                None
+            }
+        }
+    }
+}
+
+/// Tracks how long this member has held no partition (see `rejoin_when_unassigned_secs`).
+pub(crate) struct Membership {
+    since: Option<Instant>,
+    after: Duration,
+}
+
+impl Membership {
+    pub(crate) fn new(rejoin_after_secs: u64) -> Self {
+        Self { since: None, after: Duration::from_secs(rejoin_after_secs) }
+    }
+
+    /// Called on an idle poll with the assigned partition count; true when the
+    /// member should leave and rejoin its group.
+    pub(crate) fn should_rejoin(&mut self, assigned: usize) -> bool {
+        if assigned > 0 {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if !self.after.is_zero() && since.elapsed() >= self.after {
+            self.since = None;
+            return true;
+        }
+        false
+    }
+
+    /// Records arrived: the member is assigned.
+    pub(crate) fn reset(&mut self) {
+        self.since = None;
+    }
+}
+
+/// Serves `/metrics` and `/healthz` for a stage until `shutdown`.
+pub(crate) fn serve_metrics(
+    addr: std::net::SocketAddr,
+    registry: prometheus::Registry,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(lifecycle_connectors::http::ops::metrics_handler))
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .with_state(registry);
+    tokio::spawn(async move {
+        let served = lifecycle_connectors::http::ops::serve(addr, app, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
+        if let Err(e) = served.await {
+            tracing::error!(%addr, error = %e, "metrics endpoint failed");
+        }
+    });
+}

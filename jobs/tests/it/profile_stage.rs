@@ -72,7 +72,7 @@ fn as_recount(p: &Profile) -> Recount {
 
 /// Generates `n` events for `users` users and produces each one `times` times to
 /// events.valid (the second copy after all first copies: far-apart duplicates).
-async fn produce_valid(
+pub(crate) async fn produce_valid(
     cfg: &lifecycle_jobs::LifecycleConfig,
     valid_id: u32,
     n: usize,

@@ -6,26 +6,20 @@
 //! best effort: PostgreSQL's offsets are the ones that count.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::get;
-use axum::{Json, Router};
-use lifecycle_connectors::http::ops;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
-use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
+use lifecycle_connectors::kafka::source::BatchSource;
 use lifecycle_connectors::postgres::{self, profiles};
-use lifecycle_pipeline::avro::Envelope;
 use lifecycle_pipeline::metrics::ProfileMetrics;
-use lifecycle_pipeline::process::{self, Outcome, WriterCache};
 use lifecycle_pipeline::profile::{LifecycleRules, Profile, ScoreParams, Transition};
-use lifecycle_pipeline::{Event, Limits, Topic, Validator};
-use lifecycle_schemas::{RegistryClient, SchemaFiles};
+use lifecycle_pipeline::{Event, Topic};
+use lifecycle_schemas::RegistryClient;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{WriterSchemas, backoff};
+use crate::stages::common::{EventDecoder, Membership, WriterSchemas, backoff, serve_metrics};
 
 /// Counters a caller can read while the stage runs.
 #[derive(Clone)]
@@ -58,8 +52,7 @@ struct Ctx {
     lifecycle_topic: String,
     rules: LifecycleRules,
     params: ScoreParams,
-    envelope: Envelope,
-    validator: Validator,
+    decoder: EventDecoder,
 }
 
 /// A consumed record, decoded.
@@ -67,17 +60,6 @@ struct Decoded {
     partition: i32,
     offset: i64,
     event: Option<Event>,
-}
-
-fn decode(ctx: &Ctx, cache: &WriterCache, r: &RawRecord) -> Decoded {
-    let event = match process::process(&r.payload, cache, &ctx.envelope, &ctx.validator, chrono::Utc::now()) {
-        Outcome::Valid(e) => Some(e),
-        Outcome::Rejected(rej, _) => {
-            tracing::error!(partition = r.partition, offset = r.offset, reason = %rej.reason, message = %rej.message, "undecodable record on events.valid");
-            None
-        }
-    };
-    Decoded { partition: r.partition, offset: r.offset, event }
 }
 
 /// Applies one batch in one transaction; returns the updated profiles to cache.
@@ -180,13 +162,6 @@ pub async fn run(
 ) -> Result<(), String> {
     let pc = &cfg.profile;
     pc.validate()?;
-    let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
-    // events.valid holds validated events: decode them without age limits.
-    let lenient = Limits {
-        max_future_skew: Duration::from_secs(100 * 365 * 86_400),
-        max_age: Duration::from_secs(100 * 365 * 86_400),
-        max_id_len: 4096,
-    };
     let ctx = Ctx {
         group: pc.group_id.clone(),
         topic: cfg.topics.name(Topic::EventsValid),
@@ -194,8 +169,7 @@ pub async fn run(
         lifecycle_topic: cfg.topics.name(Topic::LifecycleEvents),
         rules: pc.lifecycle.clone(),
         params: ScoreParams::default(),
-        envelope: files.envelope().map_err(|e| e.to_string())?,
-        validator: Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), lenient),
+        decoder: EventDecoder::load(cfg)?,
     };
     let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
     let client = RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?;
@@ -205,25 +179,12 @@ pub async fn run(
     let mut source = subscribe()?;
     let m = handle.metrics.clone();
     if let Some(addr) = pc.metrics_addr {
-        let app = Router::new()
-            .route("/metrics", get(ops::metrics_handler))
-            .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-            .with_state(handle.registry.clone());
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = ops::serve(addr, app, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = served.await {
-                tracing::error!(%addr, error = %e, "metrics endpoint failed");
-            }
-        });
+        serve_metrics(addr, handle.registry.clone(), shutdown.clone());
     }
     tracing::info!(input = %ctx.topic, group = %ctx.group, "profile stage started");
     let mut cache: HashMap<String, Profile> = HashMap::new();
     let mut rebalances = source.rebalances();
-    let mut unassigned_since: Option<Instant> = None;
-    let rejoin_after = Duration::from_secs(pc.rejoin_when_unassigned_secs);
+    let mut membership = Membership::new(pc.rejoin_when_unassigned_secs);
     let mut last_housekeeping = Instant::now();
     let linger = Duration::from_millis(pc.batch_linger_ms);
     loop {
@@ -238,20 +199,13 @@ pub async fn run(
         }
         let batch = match batch {
             Ok(b) if b.is_empty() => {
-                let since = *unassigned_since.get_or_insert_with(Instant::now);
-                if source.assigned_partitions().unwrap_or(0) > 0 {
-                    unassigned_since = None;
-                } else if !rejoin_after.is_zero() && since.elapsed() >= rejoin_after {
-                    tracing::warn!(
-                        secs = since.elapsed().as_secs(),
-                        "no partition assigned; leaving and rejoining the consumer group"
-                    );
+                if membership.should_rejoin(source.assigned_partitions().unwrap_or(0)) {
+                    tracing::warn!("no partition assigned; leaving and rejoining the consumer group");
                     m.retries.with_label_values(&["rejoin"]).inc();
                     drop(source);
                     source = subscribe()?;
                     rebalances = source.rebalances();
                     cache.clear();
-                    unassigned_since = None;
                 }
                 continue;
             }
@@ -262,12 +216,19 @@ pub async fn run(
                 continue;
             }
         };
-        unassigned_since = None;
+        membership.reset();
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
-        writers.fill(&ctx.envelope, &batch, &m.retries).await;
-        let decoded: Vec<Decoded> = batch.iter().map(|r| decode(&ctx, writers.cache(), r)).collect();
+        writers.fill(&ctx.decoder.envelope, &batch, &m.retries).await;
+        let decoded: Vec<Decoded> = batch
+            .iter()
+            .map(|r| Decoded {
+                partition: r.partition,
+                offset: r.offset,
+                event: ctx.decoder.decode(writers.cache(), r),
+            })
+            .collect();
         let mut attempt = 0;
         let updated = loop {
             match apply_batch(&ctx, &pool, &sink, &cache, &decoded, &m).await {

@@ -6,10 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::Utc;
-use lifecycle_connectors::http::ops;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
 use lifecycle_pipeline::avro::Envelope;
@@ -21,7 +18,7 @@ use lifecycle_schemas::{RegistryClient, SchemaFiles};
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{WriterSchemas, backoff};
+use crate::stages::common::{Membership, WriterSchemas, backoff, serve_metrics};
 
 /// Counters a caller can read while the stage runs (tests, the demo).
 #[derive(Clone)]
@@ -117,25 +114,11 @@ pub async fn run(
     let raw_topic = cfg.topics.name(Topic::EventsRaw);
     let subscribe = || BatchSource::subscribe(&cfg.kafka, &vc.group_id, &[&raw_topic]).map_err(|e| e.to_string());
     let mut source = subscribe()?;
-    let mut unassigned_since: Option<Instant> = None;
-    let rejoin_after = Duration::from_secs(vc.rejoin_when_unassigned_secs);
+    let mut membership = Membership::new(vc.rejoin_when_unassigned_secs);
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
     let m = handle.metrics.clone();
     if let Some(addr) = vc.metrics_addr {
-        let app = Router::new()
-            .route("/metrics", get(ops::metrics_handler))
-            .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-            .with_state(handle.registry.clone());
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let result = ops::serve(addr, app, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-            if let Err(e) = result {
-                tracing::error!(%addr, error = %e, "metrics endpoint failed");
-            }
-        });
+        serve_metrics(addr, handle.registry.clone(), shutdown.clone());
     }
     tracing::info!(input = %raw_topic, valid = %ctx.valid_topic, dlq = %ctx.dlq_topic, group = %vc.group_id, "validation stage started");
     let mut writers = WriterSchemas::new(client, Duration::from_secs(vc.unknown_schema_ttl_secs));
@@ -148,19 +131,11 @@ pub async fn run(
         };
         let batch = match batch {
             Ok(b) if b.is_empty() => {
-                let assigned = source.assigned_partitions().unwrap_or(0);
-                let since = *unassigned_since.get_or_insert_with(Instant::now);
-                if assigned > 0 {
-                    unassigned_since = None;
-                } else if !rejoin_after.is_zero() && since.elapsed() >= rejoin_after {
-                    tracing::warn!(
-                        secs = since.elapsed().as_secs(),
-                        "no partition assigned; leaving and rejoining the consumer group"
-                    );
+                if membership.should_rejoin(source.assigned_partitions().unwrap_or(0)) {
+                    tracing::warn!("no partition assigned; leaving and rejoining the consumer group");
                     m.retries.with_label_values(&["rejoin"]).inc();
                     drop(source);
                     source = subscribe()?;
-                    unassigned_since = None;
                 }
                 continue;
             }
@@ -171,7 +146,7 @@ pub async fn run(
                 continue;
             }
         };
-        unassigned_since = None;
+        membership.reset();
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);

@@ -1,0 +1,43 @@
+//! Analytics sink configuration.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the ClickHouse sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// Consumer group.
+    pub group_id: String,
+    /// Most rows per ClickHouse insert.
+    pub max_batch_records: usize,
+    /// How long a batch may wait to fill, in milliseconds.
+    pub batch_linger_ms: u64,
+    /// Where `/metrics` and `/healthz` are served; none when absent.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Rejoin the group after holding no partition this long, in seconds (0: never).
+    pub rejoin_when_unassigned_secs: u64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "lifecycle-analytics".into(),
+            max_batch_records: 50_000,
+            batch_linger_ms: 1000,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9103))),
+            rejoin_when_unassigned_secs: 20,
+        }
+    }
+}
+
+impl AnalyticsConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.group_id.is_empty() || self.max_batch_records == 0 {
+            return Err("analytics.group_id must be set and analytics.max_batch_records positive".into());
+        }
+        Ok(())
+    }
+}

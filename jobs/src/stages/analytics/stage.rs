@@ -1,0 +1,135 @@
+//! The sink loop: read a batch (up to `max_batch_records`, at most
+//! `batch_linger_ms`), insert it into ClickHouse in one RowBinary insert,
+//! retrying with backoff while ClickHouse is down, and commit the offsets only
+//! after the insert succeeded. A replay re-inserts rows with the same
+//! (event_date, event_type, event_id) key, which ReplacingMergeTree collapses.
+
+use std::time::{Duration, Instant};
+
+use lifecycle_connectors::clickhouse::sink::{EventRow, insert};
+use lifecycle_connectors::clickhouse::{client, migrate};
+use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
+use lifecycle_pipeline::Topic;
+use lifecycle_schemas::RegistryClient;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use tokio::sync::watch;
+
+use crate::config::LifecycleConfig;
+use crate::stages::common::{EventDecoder, Membership, WriterSchemas, backoff};
+
+/// Counters of the sink.
+#[derive(Clone)]
+pub struct SinkHandle {
+    /// Records consumed.
+    pub records_in: IntCounter,
+    /// Rows inserted into ClickHouse.
+    pub rows_inserted: IntCounter,
+    /// Records not inserted (`undecodable`).
+    pub skipped: IntCounterVec,
+    /// Insert retries.
+    pub retries: IntCounterVec,
+    /// Their registry.
+    pub registry: Registry,
+}
+
+impl SinkHandle {
+    /// Creates metrics in a fresh registry.
+    pub fn new() -> Result<Self, String> {
+        let registry = Registry::new();
+        let e = |e: prometheus::Error| e.to_string();
+        let records_in =
+            IntCounter::new("lifecycle_analytics_records_in_total", "Records consumed from events.valid").map_err(e)?;
+        let rows_inserted =
+            IntCounter::new("lifecycle_analytics_rows_inserted_total", "Rows inserted into ClickHouse").map_err(e)?;
+        let skipped =
+            IntCounterVec::new(Opts::new("lifecycle_analytics_skipped_total", "Records not inserted"), &["reason"])
+                .map_err(e)?;
+        let retries =
+            IntCounterVec::new(Opts::new("lifecycle_analytics_retries_total", "Retries by cause"), &["cause"])
+                .map_err(e)?;
+        for c in [
+            Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rows_inserted.clone()),
+            Box::new(skipped.clone()),
+            Box::new(retries.clone()),
+        ] {
+            registry.register(c).map_err(e)?;
+        }
+        Ok(Self { records_in, rows_inserted, skipped, retries, registry })
+    }
+}
+
+/// Runs the sink until `shutdown` turns true; finishes the batch in hand first.
+pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let ac = &cfg.analytics;
+    ac.validate()?;
+    let decoder = EventDecoder::load(cfg)?;
+    let mut attempt = 0;
+    while let Err(e) = migrate::migrate(&cfg.clickhouse).await {
+        handle.retries.with_label_values(&["migrate"]).inc();
+        tracing::warn!(error = %e, attempt, "ClickHouse migrations failed; retrying");
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
+    let ch = client(&cfg.clickhouse);
+    let mut writers =
+        WriterSchemas::new(RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?, Duration::from_secs(60));
+    let topic = cfg.topics.name(Topic::EventsValid);
+    let subscribe = || BatchSource::subscribe(&cfg.kafka, &ac.group_id, &[&topic]).map_err(|e| e.to_string());
+    let mut source = subscribe()?;
+    let mut membership = Membership::new(ac.rejoin_when_unassigned_secs);
+    if let Some(addr) = ac.metrics_addr {
+        crate::stages::common::serve_metrics(addr, handle.registry.clone(), shutdown.clone());
+    }
+    tracing::info!(input = %topic, database = %cfg.clickhouse.database, "analytics sink started");
+    loop {
+        let batch = tokio::select! {
+            b = source.next_batch(ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms), Duration::from_secs(1)) => b,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let batch: Vec<RawRecord> = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if membership.should_rejoin(source.assigned_partitions().unwrap_or(0)) {
+                tracing::warn!("no partition assigned; leaving and rejoining the consumer group");
+                drop(source);
+                source = subscribe()?;
+            }
+            continue;
+        }
+        membership.reset();
+        handle.records_in.inc_by(batch.len() as u64);
+        writers.fill(&decoder.envelope, &batch, &handle.retries).await;
+        let rows: Vec<EventRow> = batch
+            .iter()
+            .filter_map(|r| match decoder.decode(writers.cache(), r) {
+                Some(e) => Some(EventRow::new(&e, r.partition, r.offset)),
+                None => {
+                    handle.skipped.with_label_values(&["undecodable"]).inc();
+                    None
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let mut attempt = 0;
+        while let Err(e) = insert(&ch, &rows).await {
+            handle.retries.with_label_values(&["insert"]).inc();
+            tracing::warn!(error = %e, rows = rows.len(), attempt, "ClickHouse insert failed; backing off");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        handle.rows_inserted.inc_by(rows.len() as u64);
+        if let Err(e) = source.commit(&batch) {
+            tracing::warn!(error = %e, "commit failed; the batch will be inserted again after a restart (deduplicated)");
+        }
+        tracing::debug!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "batch inserted");
+    }
+    tracing::info!("analytics sink stopped");
+    Ok(())
+}
