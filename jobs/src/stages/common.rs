@@ -104,19 +104,19 @@ impl EventDecoder {
 }
 
 /// Tracks how long this member has held no partition (see `rejoin_when_unassigned_secs`).
-pub(crate) struct Membership {
+struct Membership {
     since: Option<Instant>,
     after: Duration,
 }
 
 impl Membership {
-    pub(crate) fn new(rejoin_after_secs: u64) -> Self {
+    fn new(rejoin_after_secs: u64) -> Self {
         Self { since: None, after: Duration::from_secs(rejoin_after_secs) }
     }
 
     /// Called on an idle poll with the assigned partition count; true when the
     /// member should leave and rejoin its group.
-    pub(crate) fn should_rejoin(&mut self, assigned: usize) -> bool {
+    fn should_rejoin(&mut self, assigned: usize) -> bool {
         if assigned > 0 {
             self.since = None;
             return false;
@@ -130,7 +130,7 @@ impl Membership {
     }
 
     /// Records arrived: the member is assigned.
-    pub(crate) fn reset(&mut self) {
+    fn reset(&mut self) {
         self.since = None;
     }
 }
@@ -154,4 +154,93 @@ pub(crate) fn serve_metrics(
             tracing::error!(%addr, error = %e, "metrics endpoint failed");
         }
     });
+}
+
+/// What [`Poller::next`] got.
+pub(crate) enum Polled {
+    /// A non-empty batch.
+    Batch(Vec<RawRecord>),
+    /// The member left and rejoined its group (partitions may have moved).
+    Rejoined,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// A stage's consumer: batches, consume-error retries, and rejoining the group
+/// after holding no partition for too long (see `rejoin_when_unassigned_secs`).
+pub(crate) struct Poller {
+    source: Option<lifecycle_connectors::kafka::source::BatchSource>,
+    kafka: lifecycle_connectors::kafka::config::KafkaConfig,
+    group: String,
+    topic: String,
+    membership: Membership,
+    max: usize,
+    linger: Duration,
+    retries: IntCounterVec,
+}
+
+impl Poller {
+    pub(crate) fn new(
+        kafka: &lifecycle_connectors::kafka::config::KafkaConfig,
+        group: &str,
+        topic: &str,
+        (max, linger): (usize, Duration),
+        rejoin_after_secs: u64,
+        retries: IntCounterVec,
+    ) -> Result<Self, String> {
+        let mut p = Self {
+            source: None,
+            kafka: kafka.clone(),
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            membership: Membership::new(rejoin_after_secs),
+            max,
+            linger,
+            retries,
+        };
+        p.subscribe()?;
+        Ok(p)
+    }
+
+    fn subscribe(&mut self) -> Result<(), String> {
+        drop(self.source.take()); // leave the group before joining again
+        let source =
+            lifecycle_connectors::kafka::source::BatchSource::subscribe(&self.kafka, &self.group, &[&self.topic])
+                .map_err(|e| e.to_string())?;
+        self.source = Some(source);
+        Ok(())
+    }
+
+    /// The current consumer.
+    pub(crate) fn source(&self) -> &lifecycle_connectors::kafka::source::BatchSource {
+        self.source.as_ref().unwrap_or_else(|| unreachable!("subscribed in new() and subscribe()"))
+    }
+
+    /// Waits for the next non-empty batch, shutdown, or a rejoin.
+    pub(crate) async fn next(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Result<Polled, String> {
+        loop {
+            let batch = tokio::select! {
+                b = self.source().next_batch(self.max, self.linger, Duration::from_secs(1)) => b,
+                _ = shutdown.wait_for(|s| *s) => return Ok(Polled::Shutdown),
+            };
+            match batch {
+                Ok(b) if b.is_empty() => {
+                    if self.membership.should_rejoin(self.source().assigned_partitions().unwrap_or(0)) {
+                        tracing::warn!(group = %self.group, "no partition assigned; leaving and rejoining the consumer group");
+                        self.retries.with_label_values(&["rejoin"]).inc();
+                        self.subscribe()?;
+                        return Ok(Polled::Rejoined);
+                    }
+                }
+                Ok(b) => {
+                    self.membership.reset();
+                    return Ok(Polled::Batch(b));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
 }

@@ -107,7 +107,10 @@ async fn events_are_accepted_rejected_and_limited_with_json_errors() {
             "-H",
             &format!("authorization: Bearer {operator}"),
         ])
+        // Wait for the server's early answer to `Expect: 100-continue` even under load.
         .args([
+            "--expect100-timeout",
+            "30",
             "--data-binary",
             &format!("@{}", big.display()),
             "-w",

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use lifecycle_connectors::clickhouse::sink::{EventRow, insert};
 use lifecycle_connectors::clickhouse::{client, migrate};
-use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
+use lifecycle_connectors::kafka::source::RawRecord;
 use lifecycle_pipeline::Topic;
 use lifecycle_schemas::RegistryClient;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{EventDecoder, Membership, WriterSchemas, backoff};
+use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff};
 
 /// Counters of the sink.
 #[derive(Clone)]
@@ -75,35 +75,24 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
     let mut writers =
         WriterSchemas::new(RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?, Duration::from_secs(60));
     let topic = cfg.topics.name(Topic::EventsValid);
-    let subscribe = || BatchSource::subscribe(&cfg.kafka, &ac.group_id, &[&topic]).map_err(|e| e.to_string());
-    let mut source = subscribe()?;
-    let mut membership = Membership::new(ac.rejoin_when_unassigned_secs);
+    let mut poller = Poller::new(
+        &cfg.kafka,
+        &ac.group_id,
+        &topic,
+        (ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms)),
+        ac.rejoin_when_unassigned_secs,
+        handle.retries.clone(),
+    )?;
     if let Some(addr) = ac.metrics_addr {
         crate::stages::common::serve_metrics(addr, handle.registry.clone(), shutdown.clone());
     }
     tracing::info!(input = %topic, database = %cfg.clickhouse.database, "analytics sink started");
     loop {
-        let batch = tokio::select! {
-            b = source.next_batch(ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms), Duration::from_secs(1)) => b,
-            _ = shutdown.wait_for(|s| *s) => break,
+        let batch: Vec<RawRecord> = match poller.next(&mut shutdown).await? {
+            Polled::Batch(b) => b,
+            Polled::Rejoined => continue,
+            Polled::Shutdown => break,
         };
-        let batch: Vec<RawRecord> = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        if batch.is_empty() {
-            if membership.should_rejoin(source.assigned_partitions().unwrap_or(0)) {
-                tracing::warn!("no partition assigned; leaving and rejoining the consumer group");
-                drop(source);
-                source = subscribe()?;
-            }
-            continue;
-        }
-        membership.reset();
         handle.records_in.inc_by(batch.len() as u64);
         writers.fill(&decoder.envelope, &batch, &handle.retries).await;
         let rows: Vec<EventRow> = batch
@@ -125,7 +114,7 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
             attempt += 1;
         }
         handle.rows_inserted.inc_by(rows.len() as u64);
-        if let Err(e) = source.commit(&batch) {
+        if let Err(e) = poller.source().commit(&batch) {
             tracing::warn!(error = %e, "commit failed; the batch will be inserted again after a restart (deduplicated)");
         }
         tracing::debug!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "batch inserted");

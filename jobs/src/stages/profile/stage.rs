@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
-use lifecycle_connectors::kafka::source::BatchSource;
 use lifecycle_connectors::postgres::{self, profiles};
 use lifecycle_pipeline::metrics::ProfileMetrics;
 use lifecycle_pipeline::profile::{LifecycleRules, Profile, ScoreParams, Transition};
@@ -19,7 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{EventDecoder, Membership, WriterSchemas, backoff, serve_metrics};
+use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff, serve_metrics};
 
 /// Counters a caller can read while the stage runs.
 #[derive(Clone)]
@@ -175,48 +174,34 @@ pub async fn run(
     let client = RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?;
     let mut writers = WriterSchemas::new(client, Duration::from_secs(60));
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
-    let subscribe = || BatchSource::subscribe(&cfg.kafka, &pc.group_id, &[&ctx.topic]).map_err(|e| e.to_string());
-    let mut source = subscribe()?;
+    let mut poller = Poller::new(
+        &cfg.kafka,
+        &pc.group_id,
+        &ctx.topic,
+        (pc.max_batch_records, Duration::from_millis(pc.batch_linger_ms)),
+        pc.rejoin_when_unassigned_secs,
+        handle.metrics.retries.clone(),
+    )?;
     let m = handle.metrics.clone();
     if let Some(addr) = pc.metrics_addr {
         serve_metrics(addr, handle.registry.clone(), shutdown.clone());
     }
     tracing::info!(input = %ctx.topic, group = %ctx.group, "profile stage started");
     let mut cache: HashMap<String, Profile> = HashMap::new();
-    let mut rebalances = source.rebalances();
-    let mut membership = Membership::new(pc.rejoin_when_unassigned_secs);
+    let mut rebalances = poller.source().rebalances();
     let mut last_housekeeping = Instant::now();
-    let linger = Duration::from_millis(pc.batch_linger_ms);
     loop {
-        let batch = tokio::select! {
-            b = source.next_batch(pc.max_batch_records, linger, Duration::from_secs(1)) => b,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        if source.rebalances() != rebalances {
+        let polled = poller.next(&mut shutdown).await?;
+        if poller.source().rebalances() != rebalances || matches!(polled, Polled::Rejoined) {
             // Partitions may have moved: another instance may have changed these users.
-            rebalances = source.rebalances();
+            rebalances = poller.source().rebalances();
             cache.clear();
         }
-        let batch = match batch {
-            Ok(b) if b.is_empty() => {
-                if membership.should_rejoin(source.assigned_partitions().unwrap_or(0)) {
-                    tracing::warn!("no partition assigned; leaving and rejoining the consumer group");
-                    m.retries.with_label_values(&["rejoin"]).inc();
-                    drop(source);
-                    source = subscribe()?;
-                    rebalances = source.rebalances();
-                    cache.clear();
-                }
-                continue;
-            }
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+        let batch = match polled {
+            Polled::Batch(b) => b,
+            Polled::Rejoined => continue,
+            Polled::Shutdown => break,
         };
-        membership.reset();
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
@@ -246,7 +231,7 @@ pub async fn run(
             cache.clear();
         }
         cache.extend(updated);
-        if let Err(e) = source.commit(&batch) {
+        if let Err(e) = poller.source().commit(&batch) {
             tracing::debug!(error = %e, "kafka commit failed; PostgreSQL offsets stay authoritative");
         }
         if last_housekeeping.elapsed() > Duration::from_secs(60) {
@@ -256,7 +241,7 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning applied event ids failed"),
             }
-            if let Ok(lags) = source.lag() {
+            if let Ok(lags) = poller.source().lag() {
                 for (_, partition, lag) in lags {
                     m.lag.with_label_values(&[&partition.to_string()]).set(lag);
                 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
-use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
+use lifecycle_connectors::kafka::source::RawRecord;
 use lifecycle_pipeline::avro::Envelope;
 use lifecycle_pipeline::dlq::{DlqRecord, SourceRef};
 use lifecycle_pipeline::metrics::ValidateMetrics;
@@ -18,7 +18,7 @@ use lifecycle_schemas::{RegistryClient, SchemaFiles};
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{Membership, WriterSchemas, backoff, serve_metrics};
+use crate::stages::common::{Polled, Poller, WriterSchemas, backoff, serve_metrics};
 
 /// Counters a caller can read while the stage runs (tests, the demo).
 #[derive(Clone)]
@@ -112,9 +112,15 @@ pub async fn run(
         dlq_topic: cfg.topics.name(Topic::EventsDlq),
     };
     let raw_topic = cfg.topics.name(Topic::EventsRaw);
-    let subscribe = || BatchSource::subscribe(&cfg.kafka, &vc.group_id, &[&raw_topic]).map_err(|e| e.to_string());
-    let mut source = subscribe()?;
-    let mut membership = Membership::new(vc.rejoin_when_unassigned_secs);
+    let linger = Duration::from_millis(vc.batch_linger_ms);
+    let mut poller = Poller::new(
+        &cfg.kafka,
+        &vc.group_id,
+        &raw_topic,
+        (vc.max_batch_records, linger),
+        vc.rejoin_when_unassigned_secs,
+        handle.metrics.retries.clone(),
+    )?;
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
     let m = handle.metrics.clone();
     if let Some(addr) = vc.metrics_addr {
@@ -122,31 +128,13 @@ pub async fn run(
     }
     tracing::info!(input = %raw_topic, valid = %ctx.valid_topic, dlq = %ctx.dlq_topic, group = %vc.group_id, "validation stage started");
     let mut writers = WriterSchemas::new(client, Duration::from_secs(vc.unknown_schema_ttl_secs));
-    let linger = Duration::from_millis(vc.batch_linger_ms);
     let mut last_lag = Instant::now();
     loop {
-        let batch = tokio::select! {
-            b = source.next_batch(vc.max_batch_records, linger, Duration::from_secs(1)) => b,
-            _ = shutdown.wait_for(|s| *s) => break,
+        let batch = match poller.next(&mut shutdown).await? {
+            Polled::Batch(b) => b,
+            Polled::Rejoined => continue,
+            Polled::Shutdown => break,
         };
-        let batch = match batch {
-            Ok(b) if b.is_empty() => {
-                if membership.should_rejoin(source.assigned_partitions().unwrap_or(0)) {
-                    tracing::warn!("no partition assigned; leaving and rejoining the consumer group");
-                    m.retries.with_label_values(&["rejoin"]).inc();
-                    drop(source);
-                    source = subscribe()?;
-                }
-                continue;
-            }
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        membership.reset();
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
@@ -161,7 +149,7 @@ pub async fn run(
             attempt += 1;
         }
         let mut attempt = 0;
-        while let Err(e) = source.commit(&batch) {
+        while let Err(e) = poller.source().commit(&batch) {
             m.retries.with_label_values(&["commit"]).inc();
             if attempt >= 5 {
                 tracing::error!(error = %e, "commit failed 5 times; the batch will be re-processed after a restart");
@@ -174,7 +162,7 @@ pub async fn run(
         m.batch_seconds.observe(started.elapsed().as_secs_f64());
         if last_lag.elapsed() > Duration::from_secs(5) {
             last_lag = Instant::now();
-            if let Ok(lags) = source.lag() {
+            if let Ok(lags) = poller.source().lag() {
                 for (_, partition, lag) in lags {
                     m.lag.with_label_values(&[&partition.to_string()]).set(lag);
                 }
