@@ -184,3 +184,33 @@ impl ProfileMetrics {
         Ok(m)
     }
 }
+
+/// Metrics of the ClickHouse analytics sink.
+#[derive(Clone)]
+pub struct AnalyticsMetrics {
+    /// Records consumed from events.valid.
+    pub records_in: IntCounter,
+    /// Rows inserted into ClickHouse.
+    pub rows_inserted: IntCounter,
+    /// Records not inserted, by reason (`undecodable`).
+    pub skipped: IntCounterVec,
+    /// Retries by cause (`insert`, `migrate`, `registry`, `rejoin`).
+    pub retries: IntCounterVec,
+}
+
+impl AnalyticsMetrics {
+    /// Registers the sink's metrics in `r`.
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let records_in = IntCounter::new("lifecycle_analytics_records_in_total", "Records consumed from events.valid")?;
+        r.register(Box::new(records_in.clone()))?;
+        let rows_inserted =
+            IntCounter::new("lifecycle_analytics_rows_inserted_total", "Rows inserted into ClickHouse")?;
+        r.register(Box::new(rows_inserted.clone()))?;
+        Ok(Self {
+            records_in,
+            rows_inserted,
+            skipped: counter_vec(r, "lifecycle_analytics_skipped_total", "Records not inserted", &["reason"])?,
+            retries: counter_vec(r, "lifecycle_analytics_retries_total", "Retries by cause", &["cause"])?,
+        })
+    }
+}

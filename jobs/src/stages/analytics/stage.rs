@@ -10,52 +10,28 @@ use lifecycle_connectors::clickhouse::sink::{EventRow, insert};
 use lifecycle_connectors::clickhouse::{client, migrate};
 use lifecycle_connectors::kafka::source::RawRecord;
 use lifecycle_pipeline::Topic;
+use lifecycle_pipeline::metrics::AnalyticsMetrics;
 use lifecycle_schemas::RegistryClient;
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
 use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff};
 
-/// Counters of the sink.
+/// Counters a caller can read while the sink runs.
 #[derive(Clone)]
 pub struct SinkHandle {
-    /// Records consumed.
-    pub records_in: IntCounter,
-    /// Rows inserted into ClickHouse.
-    pub rows_inserted: IntCounter,
-    /// Records not inserted (`undecodable`).
-    pub skipped: IntCounterVec,
-    /// Insert retries.
-    pub retries: IntCounterVec,
+    /// Metrics.
+    pub metrics: AnalyticsMetrics,
     /// Their registry.
-    pub registry: Registry,
+    pub registry: prometheus::Registry,
 }
 
 impl SinkHandle {
     /// Creates metrics in a fresh registry.
     pub fn new() -> Result<Self, String> {
-        let registry = Registry::new();
-        let e = |e: prometheus::Error| e.to_string();
-        let records_in =
-            IntCounter::new("lifecycle_analytics_records_in_total", "Records consumed from events.valid").map_err(e)?;
-        let rows_inserted =
-            IntCounter::new("lifecycle_analytics_rows_inserted_total", "Rows inserted into ClickHouse").map_err(e)?;
-        let skipped =
-            IntCounterVec::new(Opts::new("lifecycle_analytics_skipped_total", "Records not inserted"), &["reason"])
-                .map_err(e)?;
-        let retries =
-            IntCounterVec::new(Opts::new("lifecycle_analytics_retries_total", "Retries by cause"), &["cause"])
-                .map_err(e)?;
-        for c in [
-            Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(rows_inserted.clone()),
-            Box::new(skipped.clone()),
-            Box::new(retries.clone()),
-        ] {
-            registry.register(c).map_err(e)?;
-        }
-        Ok(Self { records_in, rows_inserted, skipped, retries, registry })
+        let registry = prometheus::Registry::new();
+        let metrics = AnalyticsMetrics::register(&registry).map_err(|e| e.to_string())?;
+        Ok(Self { metrics, registry })
     }
 }
 
@@ -66,7 +42,7 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
     let decoder = EventDecoder::load(cfg)?;
     let mut attempt = 0;
     while let Err(e) = migrate::migrate(&cfg.clickhouse).await {
-        handle.retries.with_label_values(&["migrate"]).inc();
+        handle.metrics.retries.with_label_values(&["migrate"]).inc();
         tracing::warn!(error = %e, attempt, "ClickHouse migrations failed; retrying");
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
@@ -81,7 +57,7 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
         &topic,
         (ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms)),
         ac.rejoin_when_unassigned_secs,
-        handle.retries.clone(),
+        handle.metrics.retries.clone(),
     )?;
     if let Some(addr) = ac.metrics_addr {
         crate::stages::common::serve_metrics(addr, handle.registry.clone(), shutdown.clone());
@@ -93,14 +69,14 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
             Polled::Rejoined => continue,
             Polled::Shutdown => break,
         };
-        handle.records_in.inc_by(batch.len() as u64);
-        writers.fill(&decoder.envelope, &batch, &handle.retries).await;
+        handle.metrics.records_in.inc_by(batch.len() as u64);
+        writers.fill(&decoder.envelope, &batch, &handle.metrics.retries).await;
         let rows: Vec<EventRow> = batch
             .iter()
             .filter_map(|r| match decoder.decode(writers.cache(), r) {
                 Some(e) => Some(EventRow::new(&e, r.partition, r.offset)),
                 None => {
-                    handle.skipped.with_label_values(&["undecodable"]).inc();
+                    handle.metrics.skipped.with_label_values(&["undecodable"]).inc();
                     None
                 }
             })
@@ -108,12 +84,12 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
         let started = Instant::now();
         let mut attempt = 0;
         while let Err(e) = insert(&ch, &rows).await {
-            handle.retries.with_label_values(&["insert"]).inc();
+            handle.metrics.retries.with_label_values(&["insert"]).inc();
             tracing::warn!(error = %e, rows = rows.len(), attempt, "ClickHouse insert failed; backing off");
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
         }
-        handle.rows_inserted.inc_by(rows.len() as u64);
+        handle.metrics.rows_inserted.inc_by(rows.len() as u64);
         if let Err(e) = poller.source().commit(&batch) {
             tracing::warn!(error = %e, "commit failed; the batch will be inserted again after a restart (deduplicated)");
         }
