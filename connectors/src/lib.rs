@@ -4,6 +4,7 @@
 
 pub mod clickhouse;
 pub mod http;
+pub mod http_analytics;
 pub mod http_ingest;
 pub mod http_users;
 pub mod kafka;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifecycle_connectors::clickhouse::ClickHouseConfig;
+use lifecycle_connectors::http_analytics::AnalyticsApiConfig;
 use lifecycle_connectors::http_ingest::IngestConfig;
 use lifecycle_connectors::kafka::config::KafkaConfig;
 use lifecycle_connectors::postgres::PostgresConfig;
@@ -80,6 +81,8 @@ pub struct LifecycleConfig {
     pub analytics: AnalyticsConfig,
     /// The HTTP ingestion API.
     pub ingest: IngestConfig,
+    /// `GET /analytics` on the API service.
+    pub analytics_api: AnalyticsApiConfig,
     /// The schema registry service.
     pub registry: RegistryConfig,
     /// The local stack.
@@ -103,6 +106,7 @@ impl Default for LifecycleConfig {
             profile: ProfileConfig::default(),
             analytics: AnalyticsConfig::default(),
             ingest: IngestConfig::default(),
+            analytics_api: AnalyticsApiConfig::default(),
             registry: RegistryConfig::default(),
             stack: StackConfig::default(),
             source: None,
@@ -149,5 +153,30 @@ mod tests {
         assert_eq!(cfg.topics.prefix, "staging.");
         assert_eq!(cfg.validate.max_batch_records, 100);
         assert!(toml::from_str::<LifecycleConfig>("[validate]\nmax_batch = 1\n").is_err(), "unknown keys are rejected");
+    }
+
+    #[test]
+    fn the_shipped_production_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/production.example.toml");
+        let cfg = LifecycleConfig::load(&path).expect("deploy/production.example.toml is a valid configuration");
+        assert_eq!(cfg.analytics.rollup_interval_ms, 5000);
+    }
+
+    #[test]
+    fn the_readme_configuration_equals_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("## Configuration")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("README has a toml block under ## Configuration");
+        let cfg: LifecycleConfig = toml::from_str(block).expect("README configuration parses");
+        let defaults = LifecycleConfig::default();
+        assert_eq!(cfg.analytics, defaults.analytics);
+        assert_eq!(cfg.analytics_api, defaults.analytics_api);
+        assert_eq!(cfg.ingest, defaults.ingest);
+        assert_eq!(cfg.profile, defaults.profile);
+        assert_eq!(cfg.validate, defaults.validate);
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use lifecycle_connectors::http::auth::ApiKeys;
 use lifecycle_connectors::http::ops;
+use lifecycle_connectors::http_analytics;
 use lifecycle_connectors::http_ingest::{IngestState, router};
 use lifecycle_connectors::kafka::sink::KafkaSink;
 use lifecycle_connectors::postgres;
@@ -55,7 +56,12 @@ pub async fn ingest_state(cfg: &LifecycleConfig) -> Result<IngestState, String> 
 pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
     let state = ingest_state(cfg).await?;
     let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
-    Ok(router(state, lifecycle_connectors::http_users::router(lifecycle_connectors::http_users::UsersState { pool })))
+    let users = lifecycle_connectors::http_users::router(lifecycle_connectors::http_users::UsersState { pool });
+    let analytics = http_analytics::router(http_analytics::AnalyticsState::new(
+        lifecycle_connectors::clickhouse::client(&cfg.clickhouse),
+        cfg.analytics_api.clone(),
+    ));
+    Ok(router(state, users.merge(analytics)))
 }
 
 /// Serves the REST API (ingestion and users) until `shutdown`.

@@ -188,29 +188,40 @@ impl ProfileMetrics {
 /// Metrics of the ClickHouse analytics sink.
 #[derive(Clone)]
 pub struct AnalyticsMetrics {
-    /// Records consumed from events.valid.
+    /// Records consumed from events.valid and lifecycle.events.
     pub records_in: IntCounter,
-    /// Rows inserted into ClickHouse.
-    pub rows_inserted: IntCounter,
-    /// Records not inserted, by reason (`undecodable`).
+    /// Rows inserted into ClickHouse, by table (`events`, `lifecycle_events`).
+    pub rows_inserted: IntCounterVec,
+    /// Records not inserted, by reason (`undecodable`, `bad_transition`).
     pub skipped: IntCounterVec,
-    /// Retries by cause (`insert`, `migrate`, `registry`, `rejoin`).
+    /// Retries by cause (`insert`, `migrate`, `registry`, `rejoin`, `rollup`).
     pub retries: IntCounterVec,
+    /// Days recomputed into metrics_daily.
+    pub days_rolled_up: IntCounter,
+    /// Seconds per rollup.
+    pub rollup_seconds: Histogram,
 }
 
 impl AnalyticsMetrics {
     /// Registers the sink's metrics in `r`.
     pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
-        let records_in = IntCounter::new("lifecycle_analytics_records_in_total", "Records consumed from events.valid")?;
+        let records_in = IntCounter::new("lifecycle_analytics_records_in_total", "Records consumed")?;
         r.register(Box::new(records_in.clone()))?;
-        let rows_inserted =
-            IntCounter::new("lifecycle_analytics_rows_inserted_total", "Rows inserted into ClickHouse")?;
-        r.register(Box::new(rows_inserted.clone()))?;
+        let days_rolled_up =
+            IntCounter::new("lifecycle_analytics_days_rolled_up_total", "Days recomputed into metrics_daily")?;
+        r.register(Box::new(days_rolled_up.clone()))?;
+        let rollup_seconds = Histogram::with_opts(HistogramOpts::new(
+            "lifecycle_analytics_rollup_seconds",
+            "Seconds per metrics_daily rollup",
+        ))?;
+        r.register(Box::new(rollup_seconds.clone()))?;
         Ok(Self {
             records_in,
-            rows_inserted,
+            rows_inserted: counter_vec(r, "lifecycle_analytics_rows_inserted_total", "Rows inserted", &["table"])?,
             skipped: counter_vec(r, "lifecycle_analytics_skipped_total", "Records not inserted", &["reason"])?,
             retries: counter_vec(r, "lifecycle_analytics_retries_total", "Retries by cause", &["cause"])?,
+            days_rolled_up,
+            rollup_seconds,
         })
     }
 }

@@ -8,8 +8,10 @@
 
 pub mod config;
 pub mod migrate;
+pub mod rollup;
 pub mod sink;
 
+pub use ::clickhouse::Client;
 pub use config::ClickHouseConfig;
 
 /// A client for `cfg`'s database.

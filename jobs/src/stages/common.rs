@@ -35,7 +35,12 @@ impl WriterSchemas {
     /// Fetches every schema the batch needs; retries while the registry is down
     /// (counted in `retries{cause="registry"}`), so no record is dead-lettered or
     /// skipped because of an outage.
-    pub(crate) async fn fill(&mut self, envelope: &Envelope, batch: &[RawRecord], retries: &IntCounterVec) {
+    pub(crate) async fn fill<'r>(
+        &mut self,
+        envelope: &Envelope,
+        batch: impl IntoIterator<Item = &'r RawRecord>,
+        retries: &IntCounterVec,
+    ) {
         let ttl = self.unknown_ttl;
         let cache = &mut self.cache;
         self.unknown_since.retain(|id, at| {
@@ -45,7 +50,7 @@ impl WriterSchemas {
             }
             keep
         });
-        for id in process::missing_schema_ids(batch.iter().map(|r| r.payload.as_slice()), &self.cache) {
+        for id in process::missing_schema_ids(batch.into_iter().map(|r| r.payload.as_slice()), &self.cache) {
             let mut attempt = 0;
             loop {
                 match self.client.schema_by_id(id).await {
@@ -172,7 +177,7 @@ pub(crate) struct Poller {
     source: Option<lifecycle_connectors::kafka::source::BatchSource>,
     kafka: lifecycle_connectors::kafka::config::KafkaConfig,
     group: String,
-    topic: String,
+    topics: Vec<String>,
     membership: Membership,
     max: usize,
     linger: Duration,
@@ -183,7 +188,7 @@ impl Poller {
     pub(crate) fn new(
         kafka: &lifecycle_connectors::kafka::config::KafkaConfig,
         group: &str,
-        topic: &str,
+        topics: &[&str],
         (max, linger): (usize, Duration),
         rejoin_after_secs: u64,
         retries: IntCounterVec,
@@ -192,7 +197,7 @@ impl Poller {
             source: None,
             kafka: kafka.clone(),
             group: group.to_owned(),
-            topic: topic.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             membership: Membership::new(rejoin_after_secs),
             max,
             linger,
@@ -204,9 +209,9 @@ impl Poller {
 
     fn subscribe(&mut self) -> Result<(), String> {
         drop(self.source.take()); // leave the group before joining again
-        let source =
-            lifecycle_connectors::kafka::source::BatchSource::subscribe(&self.kafka, &self.group, &[&self.topic])
-                .map_err(|e| e.to_string())?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        let source = lifecycle_connectors::kafka::source::BatchSource::subscribe(&self.kafka, &self.group, &topics)
+            .map_err(|e| e.to_string())?;
         self.source = Some(source);
         Ok(())
     }

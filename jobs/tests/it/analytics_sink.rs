@@ -17,10 +17,11 @@ async fn run_sink(cfg: &lifecycle_jobs::LifecycleConfig, n: u64) -> SinkHandle {
         let (cfg, handle) = (cfg.clone(), handle.clone());
         tokio::spawn(async move { analytics::run(&cfg, handle, rx).await })
     };
-    let done = eventually(300, || handle.metrics.rows_inserted.get() >= n).await;
+    let inserted = || handle.metrics.rows_inserted.with_label_values(&["events"]).get();
+    let done = eventually(300, || inserted() >= n).await;
     stop.send(true).expect("stop");
     task.await.expect("join").expect("sink ran cleanly");
-    assert!(done, "inserted {} of {n}", handle.metrics.rows_inserted.get());
+    assert!(done, "inserted {} of {n}", inserted());
     handle
 }
 

@@ -2,6 +2,7 @@
 //! registry), started by `lifecycle stack up`. Each test uses its own topics,
 //! subjects and consumer groups, so tests run in parallel.
 
+mod analytics_api;
 mod analytics_sink;
 mod clickhouse;
 mod common;

@@ -83,6 +83,8 @@ pub struct Transition {
     pub at: DateTime<Utc>,
     /// That event's id.
     pub event_id: String,
+    /// That event's type.
+    pub event_type: String,
 }
 
 impl LifecycleRules {

@@ -144,7 +144,14 @@ impl Profile {
         let target = rules.qualified(self);
         (target > self.lifecycle_stage).then(|| {
             let from = std::mem::replace(&mut self.lifecycle_stage, target);
-            Transition { user_id: self.user_id.clone(), from, to: target, at: ts, event_id: event.event_id.clone() }
+            Transition {
+                user_id: self.user_id.clone(),
+                from,
+                to: target,
+                at: ts,
+                event_id: event.event_id.clone(),
+                event_type: event.event_type.as_str().to_owned(),
+            }
         })
     }
 

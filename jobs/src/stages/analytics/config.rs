@@ -18,6 +18,10 @@ pub struct AnalyticsConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Rejoin the group after holding no partition this long, in seconds (0: never).
     pub rejoin_when_unassigned_secs: u64,
+    /// How often days marked dirty are rolled up into metrics_daily, in milliseconds.
+    pub rollup_interval_ms: u64,
+    /// How often superseded rollups are purged, in seconds.
+    pub purge_interval_secs: u64,
 }
 
 impl Default for AnalyticsConfig {
@@ -28,6 +32,8 @@ impl Default for AnalyticsConfig {
             batch_linger_ms: 1000,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9103))),
             rejoin_when_unassigned_secs: 20,
+            rollup_interval_ms: 5000,
+            purge_interval_secs: 600,
         }
     }
 }
@@ -37,6 +43,9 @@ impl AnalyticsConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.group_id.is_empty() || self.max_batch_records == 0 {
             return Err("analytics.group_id must be set and analytics.max_batch_records positive".into());
+        }
+        if self.rollup_interval_ms == 0 || self.purge_interval_secs == 0 {
+            return Err("analytics.rollup_interval_ms and analytics.purge_interval_secs must be positive".into());
         }
         Ok(())
     }

@@ -1,13 +1,16 @@
 //! The sink loop: read a batch (up to `max_batch_records`, at most
-//! `batch_linger_ms`), insert it into ClickHouse in one RowBinary insert,
-//! retrying with backoff while ClickHouse is down, and commit the offsets only
-//! after the insert succeeded. A replay re-inserts rows with the same
-//! (event_date, event_type, event_id) key, which ReplacingMergeTree collapses.
+//! `batch_linger_ms`) from `events.valid` and `lifecycle.events`, insert the
+//! events and the stage transitions into ClickHouse (one RowBinary insert per
+//! table), mark the days they touch as dirty, and commit the offsets only after
+//! all of that succeeded; while ClickHouse is down it retries with backoff. A
+//! replay re-inserts rows with the same keys, which ReplacingMergeTree
+//! collapses. Beside it, a rollup task recomputes `metrics_daily` for dirty
+//! days every `rollup_interval_ms`, and once more when the sink stops.
 
 use std::time::{Duration, Instant};
 
-use lifecycle_connectors::clickhouse::sink::{EventRow, insert};
-use lifecycle_connectors::clickhouse::{client, migrate};
+use lifecycle_connectors::clickhouse::sink::{EventRow, LifecycleRow, insert, mark_dirty};
+use lifecycle_connectors::clickhouse::{Client, client, migrate, rollup};
 use lifecycle_connectors::kafka::source::RawRecord;
 use lifecycle_pipeline::Topic;
 use lifecycle_pipeline::metrics::AnalyticsMetrics;
@@ -50,11 +53,12 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
     let ch = client(&cfg.clickhouse);
     let mut writers =
         WriterSchemas::new(RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?, Duration::from_secs(60));
-    let topic = cfg.topics.name(Topic::EventsValid);
+    let events_topic = cfg.topics.name(Topic::EventsValid);
+    let lifecycle_topic = cfg.topics.name(Topic::LifecycleEvents);
     let mut poller = Poller::new(
         &cfg.kafka,
         &ac.group_id,
-        &topic,
+        &[&events_topic, &lifecycle_topic],
         (ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms)),
         ac.rejoin_when_unassigned_secs,
         handle.metrics.retries.clone(),
@@ -62,39 +66,122 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
     if let Some(addr) = ac.metrics_addr {
         crate::stages::common::serve_metrics(addr, handle.registry.clone(), shutdown.clone());
     }
-    tracing::info!(input = %topic, database = %cfg.clickhouse.database, "analytics sink started");
+    let every = (Duration::from_millis(ac.rollup_interval_ms), Duration::from_secs(ac.purge_interval_secs));
+    let rollups = tokio::spawn(rollup_loop(ch.clone(), every, handle.metrics.clone(), shutdown.clone()));
+    tracing::info!(input = %events_topic, transitions = %lifecycle_topic, database = %cfg.clickhouse.database, "analytics sink started");
     loop {
         let batch: Vec<RawRecord> = match poller.next(&mut shutdown).await? {
             Polled::Batch(b) => b,
             Polled::Rejoined => continue,
             Polled::Shutdown => break,
         };
-        handle.metrics.records_in.inc_by(batch.len() as u64);
-        writers.fill(&decoder.envelope, &batch, &handle.metrics.retries).await;
-        let rows: Vec<EventRow> = batch
+        let m = &handle.metrics;
+        m.records_in.inc_by(batch.len() as u64);
+        let (transitions, events): (Vec<&RawRecord>, Vec<&RawRecord>) =
+            batch.iter().partition(|r| r.topic == lifecycle_topic);
+        writers.fill(&decoder.envelope, events.iter().copied(), &m.retries).await;
+        let rows: Vec<EventRow> = events
             .iter()
             .filter_map(|r| match decoder.decode(writers.cache(), r) {
                 Some(e) => Some(EventRow::new(&e, r.partition, r.offset)),
                 None => {
-                    handle.metrics.skipped.with_label_values(&["undecodable"]).inc();
+                    m.skipped.with_label_values(&["undecodable"]).inc();
                     None
                 }
             })
             .collect();
+        let moves: Vec<LifecycleRow> = transitions
+            .iter()
+            .filter_map(|r| match LifecycleRow::parse(&r.payload, r.partition, r.offset) {
+                Ok(row) => Some(row),
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = r.partition, offset = r.offset, "unreadable lifecycle event");
+                    m.skipped.with_label_values(&["bad_transition"]).inc();
+                    None
+                }
+            })
+            .collect();
+        let event_days: Vec<u16> = rows.iter().map(EventRow::day).collect();
+        let move_days: Vec<u16> = moves.iter().map(LifecycleRow::day).collect();
         let started = Instant::now();
         let mut attempt = 0;
-        while let Err(e) = insert(&ch, &rows).await {
-            handle.metrics.retries.with_label_values(&["insert"]).inc();
-            tracing::warn!(error = %e, rows = rows.len(), attempt, "ClickHouse insert failed; backing off");
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
+        loop {
+            let written = async {
+                insert(&ch, "events", &rows).await?;
+                insert(&ch, "lifecycle_events", &moves).await?;
+                mark_dirty(&ch, &event_days, &move_days).await
+            };
+            match written.await {
+                Ok(()) => break,
+                Err(e) => {
+                    m.retries.with_label_values(&["insert"]).inc();
+                    tracing::warn!(error = %e, rows = rows.len() + moves.len(), attempt, "ClickHouse insert failed; backing off");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
         }
-        handle.metrics.rows_inserted.inc_by(rows.len() as u64);
+        m.rows_inserted.with_label_values(&["events"]).inc_by(rows.len() as u64);
+        m.rows_inserted.with_label_values(&["lifecycle_events"]).inc_by(moves.len() as u64);
         if let Err(e) = poller.source().commit(&batch) {
             tracing::warn!(error = %e, "commit failed; the batch will be inserted again after a restart (deduplicated)");
         }
-        tracing::debug!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "batch inserted");
+        tracing::debug!(
+            rows = rows.len(),
+            transitions = moves.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "batch inserted"
+        );
+    }
+    let last = rollups.await.unwrap_or(0);
+    if let Err(e) = roll_dirty(&ch, last, &handle.metrics).await {
+        tracing::warn!(error = %e, "final rollup failed; the next start rolls those days up");
     }
     tracing::info!("analytics sink stopped");
     Ok(())
+}
+
+/// Rolls up the dirty days, if any; returns the time of the rollup done (or `after`).
+async fn roll_dirty(ch: &Client, after: u32, m: &AnalyticsMetrics) -> Result<u32, String> {
+    let days = rollup::dirty_days(ch).await.map_err(|e| format!("dirty days: {e}"))?;
+    if days.is_empty() {
+        return Ok(after);
+    }
+    let started = Instant::now();
+    let done = rollup::roll_up(ch, &days, after).await.map_err(|e| format!("rollup: {e}"))?;
+    m.days_rolled_up.inc_by(days.len() as u64);
+    m.rollup_seconds.observe(started.elapsed().as_secs_f64());
+    tracing::debug!(days = days.len(), rollup_id = done.rollup_id, "metrics_daily rolled up");
+    Ok(done.computed_at)
+}
+
+/// Rolls up every `every.0` and purges every `every.1` until `shutdown`;
+/// returns the time of its last rollup.
+async fn rollup_loop(
+    ch: Client,
+    every: (Duration, Duration),
+    m: AnalyticsMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> u32 {
+    let mut last = 0;
+    let mut purged = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every.0) => {}
+            _ = shutdown.wait_for(|s| *s) => return last,
+        }
+        match roll_dirty(&ch, last, &m).await {
+            Ok(t) => last = t,
+            Err(e) => {
+                m.retries.with_label_values(&["rollup"]).inc();
+                tracing::warn!(error = %e, "rollup failed; retrying at the next interval");
+            }
+        }
+        if purged.elapsed() >= every.1 {
+            purged = Instant::now();
+            if let Err(e) = rollup::purge(&ch).await {
+                tracing::warn!(error = %e, "purging superseded rollups failed");
+            }
+        }
+    }
 }

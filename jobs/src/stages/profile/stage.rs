@@ -127,6 +127,7 @@ async fn apply_batch(
         let doc = serde_json::json!({
             "event_type": "lifecycle.stage_changed", "user_id": t.user_id, "from_stage": t.from.as_str(),
             "to_stage": t.to.as_str(), "transitioned_at": t.at, "cause_event_id": t.event_id,
+            "cause_event_type": t.event_type,
         });
         out.push(OutRecord {
             topic: ctx.lifecycle_topic.clone(),
@@ -177,7 +178,7 @@ pub async fn run(
     let mut poller = Poller::new(
         &cfg.kafka,
         &pc.group_id,
-        &ctx.topic,
+        &[&ctx.topic],
         (pc.max_batch_records, Duration::from_millis(pc.batch_linger_ms)),
         pc.rejoin_when_unassigned_secs,
         handle.metrics.retries.clone(),

@@ -116,7 +116,7 @@ pub async fn run(
     let mut poller = Poller::new(
         &cfg.kafka,
         &vc.group_id,
-        &raw_topic,
+        &[&raw_topic],
         (vc.max_batch_records, linger),
         vc.rejoin_when_unassigned_secs,
         handle.metrics.retries.clone(),
