@@ -64,7 +64,9 @@ pub(crate) async fn answers(port: u16) -> bool {
     client.get(format!("http://127.0.0.1:{port}/?query=SELECT%201")).send().await.is_ok_and(|r| r.status().is_success())
 }
 
-pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
+/// Starts ClickHouse for `s` unless something answers on its HTTP port (a
+/// test may start an isolated one with its own data dir and ports).
+pub async fn up(s: &StackConfig) -> Result<(), StackError> {
     let port = s.clickhouse_http_port;
     if answers(port).await {
         println!("clickhouse: already answering on 127.0.0.1:{port}");
@@ -92,7 +94,8 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     Ok(())
 }
 
-pub(super) fn down(s: &StackConfig) -> Result<(), StackError> {
+/// Stops the ClickHouse started for `s` (SIGTERM, then SIGKILL after 10 s).
+pub fn down(s: &StackConfig) -> Result<(), StackError> {
     if stop("clickhouse", &pid_file(s, "clickhouse"))? {
         println!("clickhouse: stopped");
     }

@@ -5,6 +5,7 @@
 mod analytics_api;
 mod analytics_sink;
 mod clickhouse;
+mod clickhouse_outage;
 mod common;
 mod ingest_api;
 mod profile_stage;

@@ -79,9 +79,19 @@ pub(crate) async fn produce_valid(
     users: u32,
     times: usize,
 ) -> Vec<Value> {
+    produce_valid_as(cfg, valid_id, (n, users, times), &cfg.topics.prefix).await
+}
+
+/// Like [`produce_valid`], with event and user ids made from `run_id`.
+pub(crate) async fn produce_valid_as(
+    cfg: &lifecycle_jobs::LifecycleConfig,
+    valid_id: u32,
+    (n, users, times): (usize, u32, usize),
+    run_id: &str,
+) -> Vec<Value> {
     let (envelope, validator) = schemas();
     let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id: valid_id };
-    let mut w = Workload::new(21, users, &cfg.topics.prefix, chrono::Utc::now());
+    let mut w = Workload::new(21, users, run_id, chrono::Utc::now());
     let events: Vec<Value> = (0..n).map(|_| w.next_event()).collect();
     let topic = cfg.topics.name(Topic::EventsValid);
     let records: Vec<OutRecord> = events
