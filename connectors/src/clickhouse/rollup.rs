@@ -25,18 +25,16 @@ const DAYS_PER_STATEMENT: usize = 31;
 /// Rollups are purged this long after they were superseded, in seconds.
 const PURGE_GRACE_SECS: u32 = 300;
 
+/// Days whose newest dirty mark is not older than their newest rollup.
+pub const DIRTY_DAYS: &str = "SELECT toString(metric_date) FROM \
+     (SELECT metric_date, max(marked_at) AS marked FROM metrics_dirty GROUP BY metric_date) AS d \
+     ANY LEFT JOIN \
+     (SELECT metric_date, max(computed_at) AS rolled FROM metrics_rollups GROUP BY metric_date) AS r \
+     USING metric_date WHERE marked >= rolled ORDER BY metric_date";
+
 /// The days whose newest dirty mark is not older than their newest rollup.
 pub async fn dirty_days(ch: &clickhouse::Client) -> Result<Vec<NaiveDate>, clickhouse::error::Error> {
-    let days: Vec<String> = ch
-        .query(
-            "SELECT toString(metric_date) FROM \
-             (SELECT metric_date, max(marked_at) AS marked FROM metrics_dirty GROUP BY metric_date) \
-             ANY LEFT JOIN \
-             (SELECT metric_date, max(computed_at) AS rolled FROM metrics_rollups GROUP BY metric_date) \
-             USING metric_date WHERE marked >= rolled ORDER BY metric_date",
-        )
-        .fetch_all()
-        .await?;
+    let days: Vec<String> = ch.query(DIRTY_DAYS).fetch_all().await?;
     Ok(days.iter().filter_map(|d| d.parse().ok()).collect())
 }
 
@@ -62,11 +60,11 @@ pub fn rollup_sql(days: &[NaiveDate]) -> String {
                      SELECT event_id, event_date, event_type, event_category, user_id, amount_cents, \
                          toUInt64(event_time) * 1000 + event_ms AS at_ms \
                      FROM events FINAL WHERE event_date IN ({set}) \
-                 ) ALL LEFT JOIN ( \
+                 ) AS e ALL LEFT JOIN ( \
                      SELECT user_id, toUInt64(transitioned_at) * 1000 + transitioned_ms AS moved_ms, to_stage \
                      FROM lifecycle_events FINAL \
                      WHERE user_id IN (SELECT user_id FROM events WHERE event_date IN ({set})) \
-                 ) USING user_id \
+                 ) AS t USING user_id \
                  GROUP BY event_id \
              ) \
              GROUP BY metric_date, lifecycle_stage, event_type \
@@ -78,6 +76,15 @@ pub fn rollup_sql(days: &[NaiveDate]) -> String {
              GROUP BY metric_date, lifecycle_stage, event_type \
          ) \
          GROUP BY metric_date, lifecycle_stage, event_type"
+    )
+}
+
+/// The statement recording a rollup of `days`; `?` binds rollup_id, computed_at.
+pub fn record_sql(days: &[NaiveDate]) -> String {
+    let set = days.iter().map(|d| format!("toDate('{d}')")).collect::<Vec<_>>().join(", ");
+    format!(
+        "INSERT INTO metrics_rollups (metric_date, rollup_id, computed_at) \
+         SELECT arrayJoin([{set}]), ?, toDateTime(?)"
     )
 }
 
@@ -108,13 +115,7 @@ pub async fn roll_up(
     for chunk in days.chunks(DAYS_PER_STATEMENT) {
         ch.query(&rollup_sql(chunk)).bind(rollup_id).bind(computed_at).execute().await?;
     }
-    let values = days.iter().map(|d| format!("(toDate('{d}'), ?, toDateTime(?))")).collect::<Vec<_>>().join(", ");
-    let mut record =
-        ch.query(&format!("INSERT INTO metrics_rollups (metric_date, rollup_id, computed_at) VALUES {values}"));
-    for _ in days {
-        record = record.bind(rollup_id).bind(computed_at);
-    }
-    record.execute().await?;
+    ch.query(&record_sql(days)).bind(rollup_id).bind(computed_at).execute().await?;
     Ok(Rollup { rollup_id, computed_at, days: days.to_vec() })
 }
 
@@ -122,18 +123,26 @@ pub async fn roll_up(
 pub const CURRENT_ROLLUPS: &str = "SELECT metric_date, argMax(rollup_id, (computed_at, rollup_id)) FROM metrics_rollups \
      WHERE metric_date >= toDate(?) AND metric_date <= toDate(?) GROUP BY metric_date";
 
-/// Deletes rows of rollups superseded more than a grace period ago (ClickHouse
-/// mutations run in the background).
-pub async fn purge(ch: &clickhouse::Client) -> Result<(), clickhouse::error::Error> {
+/// The statements that delete rows of rollups superseded more than a grace
+/// period ago (ClickHouse mutations, run in the background).
+pub fn purge_sql() -> Vec<String> {
     let current =
         "SELECT metric_date, argMax(rollup_id, (computed_at, rollup_id)) FROM metrics_rollups GROUP BY metric_date";
-    for table in ["metrics_daily", "metrics_rollups"] {
-        ch.query(&format!(
-            "ALTER TABLE {table} DELETE WHERE computed_at < now() - {PURGE_GRACE_SECS} \
-             AND (metric_date, rollup_id) NOT IN ({current})"
-        ))
-        .execute()
-        .await?;
+    ["metrics_daily", "metrics_rollups"]
+        .iter()
+        .map(|table| {
+            format!(
+                "ALTER TABLE {table} DELETE WHERE computed_at < now() - {PURGE_GRACE_SECS} \
+                 AND (metric_date, rollup_id) NOT IN ({current})"
+            )
+        })
+        .collect()
+}
+
+/// Deletes rows of superseded rollups ([`purge_sql`]).
+pub async fn purge(ch: &clickhouse::Client) -> Result<(), clickhouse::error::Error> {
+    for statement in purge_sql() {
+        ch.query(&statement).execute().await?;
     }
     Ok(())
 }

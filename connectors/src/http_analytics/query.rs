@@ -96,18 +96,23 @@ pub enum QueryError {
     ClickHouse(#[from] clickhouse::error::Error),
 }
 
+/// The values [`sql`] binds, in order (all strings).
+pub fn binds(q: &AnalyticsQuery) -> Vec<String> {
+    let (from, to) = (q.from.to_string(), q.to.to_string());
+    let mut out = Vec::new();
+    if q.aggregation == Aggregation::Total {
+        out.push(from.clone());
+    }
+    out.extend([from.clone(), to.clone(), from, to]);
+    out.extend(q.filters.values().flatten().cloned());
+    out
+}
+
 /// Runs `q`, returning at most `max_rows` points.
 pub async fn run(ch: &clickhouse::Client, q: &AnalyticsQuery, max_rows: usize) -> Result<QueryResult, QueryError> {
-    let (from, to) = (q.from.to_string(), q.to.to_string());
     let mut query = ch.query(&sql(q, max_rows + 1));
-    if q.aggregation == Aggregation::Total {
-        query = query.bind(from.as_str());
-    }
-    query = query.bind(from.as_str()).bind(to.as_str()).bind(from.as_str()).bind(to.as_str());
-    for values in q.filters.values() {
-        for v in values {
-            query = query.bind(v.as_str());
-        }
+    for v in binds(q) {
+        query = query.bind(v);
     }
     let raw: Vec<RawPoint> = query.fetch_all().await?;
     if raw.len() > max_rows {

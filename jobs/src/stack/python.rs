@@ -1,5 +1,6 @@
-//! A Python environment with Confluent's client, for compatibility tests (and the
-//! Python peer in benchmarks), cached beside the tansu build.
+//! A Python environment with Confluent's client and chdb-core (ClickHouse 26.9
+//! in-process), for compatibility tests (and the Python peer in benchmarks),
+//! cached beside the tansu build.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,7 +11,7 @@ use super::{StackConfig, StackError, err};
 /// The `[avro,schemaregistry]` extras are spelled out: the extra pins a certifi
 /// newer than some mirrors carry.
 pub const PACKAGES: &[&str] =
-    &["confluent-kafka==2.16.1", "fastavro==1.13.1", "httpx", "attrs", "cachetools", "authlib"];
+    &["confluent-kafka==2.16.1", "fastavro==1.13.1", "httpx", "attrs", "cachetools", "authlib", "chdb-core==26.9.0"];
 
 /// The venv's python.
 pub fn python(s: &StackConfig) -> PathBuf {

@@ -5,6 +5,7 @@
 mod analytics_api;
 mod analytics_sink;
 mod clickhouse;
+mod clickhouse_compat;
 mod clickhouse_outage;
 mod common;
 mod ingest_api;
