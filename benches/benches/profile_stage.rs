@@ -9,11 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_jobs::LifecycleConfig;
 use lifecycle_jobs::stages::profile::{self, ProfileHandle};
-use lifecycle_jobs::workload::{AvroEncoder, Workload};
 use lifecycle_pipeline::{Topic, TopicNames};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,25 +18,6 @@ use tokio::sync::watch;
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args().filter(|a| !a.starts_with("--")).nth(i).and_then(|a| a.parse().ok()).unwrap_or(default)
-}
-
-fn raw_consume(cfg: &LifecycleConfig, topic: &str, n: usize) -> Duration {
-    let c: BaseConsumer =
-        cfg.kafka.consumer(&format!("bench-raw-{}", uuid::Uuid::new_v4())).create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..i32::from(Topic::EventsValid.default_partitions()) {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let start = Instant::now();
-    let mut seen = 0;
-    while seen < n {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
-            seen += 1;
-        }
-        assert!(start.elapsed() < Duration::from_secs(600), "raw consume stalled at {seen}/{n}");
-    }
-    start.elapsed()
 }
 
 #[tokio::main]
@@ -51,37 +29,14 @@ async fn main() {
     cfg.profile.group_id = format!("bench-{tag}-profile");
     cfg.profile.metrics_addr = None;
     let reg = lifecycle_jobs::setup::topics_and_schemas(&cfg).await.expect("stack up? (lifecycle stack up)");
-    let files = lifecycle_schemas::SchemaFiles::load(&cfg.schemas_dir()).expect("schemas");
-    let envelope = files.envelope().expect("envelope");
-    let validator =
-        lifecycle_pipeline::Validator::new(std::sync::Arc::new(files.catalog().expect("catalog")), Default::default());
-    let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id: reg.valid_envelope_id };
-    let mut w = Workload::new(3, u32::try_from(users).unwrap_or(u32::MAX), &cfg.topics.prefix, Utc::now());
-    let topic = cfg.topics.name(Topic::EventsValid);
-    let sink = KafkaSink::new(&cfg.kafka).expect("producer");
     let t = Instant::now();
-    let mut bytes = 0;
-    for _ in 0..events.div_ceil(5000) {
-        let chunk: Vec<OutRecord> = (0..5000.min(events - w.count() as usize))
-            .map(|_| {
-                let e = w.next_event();
-                let payload = enc.encode(&e).expect("encode");
-                bytes += payload.len();
-                OutRecord {
-                    topic: topic.clone(),
-                    key: Some(e["user_id"].as_str().unwrap_or_default().as_bytes().to_vec()),
-                    payload,
-                    headers: vec![],
-                }
-            })
-            .collect();
-        sink.send_all(&chunk).await.expect("produce");
-    }
-    println!("produced {events} events for {users} users ({} bytes avg) in {:.2?}", bytes / events.max(1), t.elapsed());
+    let topic = cfg.topics.name(Topic::EventsValid);
+    let (_, bytes) = lifecycle_benches::produce_valid(&cfg, reg.valid_envelope_id, (events, users, 3)).await;
+    println!("produced {events} events for {users} users ({bytes} bytes avg) in {:.2?}", t.elapsed());
 
     let raw = tokio::task::spawn_blocking({
         let (cfg, topic) = (cfg.clone(), topic.clone());
-        move || raw_consume(&cfg, &topic, events)
+        move || lifecycle_benches::raw_consume(&cfg, &topic, events)
     })
     .await
     .expect("raw consume");
