@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use lifecycle_jobs::LifecycleConfig;
 use lifecycle_jobs::stages::profile::{self, ProfileHandle};
 use lifecycle_pipeline::{Topic, TopicNames};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 fn arg(i: usize, default: usize) -> usize {
