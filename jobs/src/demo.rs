@@ -86,7 +86,10 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.map_err(|e| e.to_string())?;
     let (_, api_key) = ApiKeys::create(&pool, "demo", Role::Operator).await.map_err(|e| e.to_string())?;
 
-    println!("\n== 2. stages: API on http://{} + validation stage + profile stage ==", cfg.ingest.listen_addr);
+    println!(
+        "\n== 2. stages: API on http://{} + validation stage + profile stage + ClickHouse sink ==",
+        cfg.ingest.listen_addr
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let handle = StageHandle::new()?;
     let stage = {
@@ -98,9 +101,15 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         let handle = crate::stages::profile::ProfileHandle::new()?;
         tokio::spawn(async move { crate::stages::profile::run(&cfg, handle, rx).await })
     };
+    let sink_handle = crate::stages::analytics::SinkHandle::new()?;
+    let analytics = {
+        let (cfg, handle, rx) = (cfg.clone(), sink_handle.clone(), stop_rx.clone());
+        tokio::spawn(async move { crate::stages::analytics::run(&cfg, handle, rx).await })
+    };
+    let (stop_api, api_rx) = watch::channel(false);
     let api = {
-        let (cfg, rx) = (cfg.clone(), stop_rx.clone());
-        tokio::spawn(async move { crate::services::run_ingest(&cfg, rx).await })
+        let cfg = cfg.clone();
+        tokio::spawn(async move { crate::services::run_ingest(&cfg, api_rx).await })
     };
     let valid_topic = cfg.topics.name(Topic::EventsValid);
     let dlq_topic = cfg.topics.name(Topic::EventsDlq);
@@ -185,13 +194,42 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         row.is_ok_and(|(_, n)| n as u64 >= valid_count)
     })
     .await;
-    let _ = stop_tx.send(true);
+    let inserted = || sink_handle.metrics.rows_inserted.with_label_values(&["events"]).get();
+    let sunk = crate::stack::wait_for(Duration::from_secs(120), || async { inserted() >= valid_count }).await;
+    let _ = stop_tx.send(true); // the sink rolls up metrics_daily once more as it stops
     stage.await.map_err(|e| e.to_string())??;
     profiles.await.map_err(|e| e.to_string())??;
-    api.await.map_err(|e| e.to_string())??;
+    analytics.await.map_err(|e| e.to_string())??;
     if !profiled {
+        let _ = stop_api.send(true);
         return Err("the profile stage did not apply every valid event in 120 s".into());
     }
+    if !sunk {
+        let _ = stop_api.send(true);
+        return Err(format!("the ClickHouse sink inserted {} of {valid_count} events in 120 s", inserted()));
+    }
+    let (_, analyst_key) = ApiKeys::create(&pool, "demo-analyst", Role::Analyst).await.map_err(|e| e.to_string())?;
+    let analytics_query = "metric=events&dimensions=lifecycle_stage&date_range=last_2d&aggregation=total";
+    let per_stage: serde_json::Value = http
+        .get(format!("{base}/analytics?{analytics_query}"))
+        .bearer_auth(&analyst_key)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let revenue: serde_json::Value = http
+        .get(format!("{base}/analytics?metric=revenue&date_range=last_2d&aggregation=total"))
+        .bearer_auth(&analyst_key)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stop_api.send(true);
+    api.await.map_err(|e| e.to_string())??;
 
     println!("\n== 4. what happened ==");
     let valid = read_from(cfg, &valid_topic, &valid_from)?;
@@ -249,6 +287,21 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
             p["lifecycle_stage"]
         );
     }
+    println!(
+        "\nanalytics sink: {} events and {} stage transitions inserted into ClickHouse database '{}', {} day(s) rolled up into metrics_daily",
+        inserted(),
+        sink_handle.metrics.rows_inserted.with_label_values(&["lifecycle_events"]).get(),
+        cfg.clickhouse.database,
+        sink_handle.metrics.days_rolled_up.get()
+    );
+    println!("GET /analytics?{analytics_query} (analyst key), all users, last 2 days:");
+    for p in per_stage["data"].as_array().into_iter().flatten() {
+        println!("  {:<12} {:>8} events", p["lifecycle_stage"].as_str().unwrap_or("?"), p["value"]);
+    }
+    println!(
+        "GET /analytics?metric=revenue&date_range=last_2d&aggregation=total -> {} (data as of {})",
+        revenue["data"][0]["value"], revenue["metadata"]["data_as_of"]
+    );
     println!(
         "\ninspect with kcat: kcat -b {} -C -t {dlq_topic} -o -3 -e   |   registry: curl {}/subjects",
         cfg.kafka.bootstrap_servers, cfg.registry_url
