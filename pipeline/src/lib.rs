@@ -15,6 +15,7 @@ pub mod strict;
 pub mod topics;
 pub mod validate;
 pub mod wire;
+pub mod workflow;
 
 pub use catalog::EventCatalog;
 pub use error::PipelineError;
