@@ -387,7 +387,7 @@ impl Process {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The acceptance workflow: gateway on the purchase amount, a webhook, a timer.

@@ -4,6 +4,8 @@
 
 pub mod bpmn;
 pub mod expr;
+pub mod instance;
 
 pub use bpmn::{BpmnError, Flow, Node, NodeKind, Process, TaskAction};
 pub use expr::{Expr, ExprError};
+pub use instance::{Effect, Failure, Instance, RetryPolicy, Status, Token, TokenState};
