@@ -5,3 +5,48 @@ pub mod analytics;
 pub(crate) mod common;
 pub mod profile;
 pub mod validate;
+
+use lifecycle_pipeline::metrics::{AnalyticsMetrics, ProfileMetrics, ValidateMetrics};
+
+/// A stage's metrics, registered in the stage's own registry.
+pub trait StageMetrics: Clone + Sized {
+    /// Registers them in `r`.
+    fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error>;
+}
+
+impl StageMetrics for ValidateMetrics {
+    fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        Self::register(r)
+    }
+}
+
+impl StageMetrics for ProfileMetrics {
+    fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        Self::register(r)
+    }
+}
+
+impl StageMetrics for AnalyticsMetrics {
+    fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        Self::register(r)
+    }
+}
+
+/// Counters a caller (tests, the demo, the CLI) can read while a stage runs,
+/// and the registry its `/metrics` endpoint serves.
+#[derive(Clone)]
+pub struct Handle<M> {
+    /// The stage's metrics.
+    pub metrics: M,
+    /// The registry they live in.
+    pub registry: prometheus::Registry,
+}
+
+impl<M: StageMetrics> Handle<M> {
+    /// Creates the metrics in a fresh registry.
+    pub fn new() -> Result<Self, String> {
+        let registry = prometheus::Registry::new();
+        let metrics = M::register_in(&registry).map_err(|e| e.to_string())?;
+        Ok(Self { metrics, registry })
+    }
+}

@@ -20,23 +20,8 @@ use tokio::sync::watch;
 use crate::config::LifecycleConfig;
 use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff};
 
-/// Counters a caller can read while the sink runs.
-#[derive(Clone)]
-pub struct SinkHandle {
-    /// Metrics.
-    pub metrics: AnalyticsMetrics,
-    /// Their registry.
-    pub registry: prometheus::Registry,
-}
-
-impl SinkHandle {
-    /// Creates metrics in a fresh registry.
-    pub fn new() -> Result<Self, String> {
-        let registry = prometheus::Registry::new();
-        let metrics = AnalyticsMetrics::register(&registry).map_err(|e| e.to_string())?;
-        Ok(Self { metrics, registry })
-    }
-}
+/// The analytics sink's handle.
+pub type SinkHandle = crate::stages::Handle<AnalyticsMetrics>;
 
 /// Runs the sink until `shutdown` turns true; finishes the batch in hand first.
 pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {

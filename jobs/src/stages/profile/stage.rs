@@ -20,23 +20,10 @@ use tokio::sync::watch;
 use crate::config::LifecycleConfig;
 use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff, serve_metrics};
 
-/// Counters a caller can read while the stage runs.
-#[derive(Clone)]
-pub struct ProfileHandle {
-    /// Metrics.
-    pub metrics: ProfileMetrics,
-    /// Their registry.
-    pub registry: prometheus::Registry,
-}
+/// The profile stage's handle.
+pub type ProfileHandle = crate::stages::Handle<ProfileMetrics>;
 
 impl ProfileHandle {
-    /// Creates metrics in a fresh registry.
-    pub fn new() -> Result<Self, String> {
-        let registry = prometheus::Registry::new();
-        let metrics = ProfileMetrics::register(&registry).map_err(|e| e.to_string())?;
-        Ok(Self { metrics, registry })
-    }
-
     /// Records consumed so far.
     pub fn consumed(&self) -> u64 {
         self.metrics.records_in.get()

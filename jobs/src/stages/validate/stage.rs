@@ -20,23 +20,10 @@ use tokio::sync::watch;
 use crate::config::LifecycleConfig;
 use crate::stages::common::{Polled, Poller, WriterSchemas, backoff, serve_metrics};
 
-/// Counters a caller can read while the stage runs (tests, the demo).
-#[derive(Clone)]
-pub struct StageHandle {
-    /// Metrics (records in/out, DLQ by reason).
-    pub metrics: ValidateMetrics,
-    /// The registry the metrics live in.
-    pub registry: prometheus::Registry,
-}
+/// The validation stage's handle.
+pub type StageHandle = crate::stages::Handle<ValidateMetrics>;
 
 impl StageHandle {
-    /// Creates metrics in a fresh registry.
-    pub fn new() -> Result<Self, String> {
-        let registry = prometheus::Registry::new();
-        let metrics = ValidateMetrics::register(&registry).map_err(|e| e.to_string())?;
-        Ok(Self { metrics, registry })
-    }
-
     /// `(in, valid, dlq)` so far.
     pub fn counts(&self) -> (u64, u64, u64) {
         let m = &self.metrics;
