@@ -32,6 +32,12 @@ pub const DIRTY_DAYS: &str = "SELECT toString(metric_date) FROM \
      (SELECT metric_date, max(computed_at) AS rolled FROM metrics_rollups GROUP BY metric_date) AS r \
      USING metric_date WHERE marked >= rolled ORDER BY metric_date";
 
+/// `toDate('YYYY-MM-DD'), ...` for `days`: SQL literals of dates we hold as
+/// dates (never caller text), so they are rendered rather than bound.
+pub fn date_literals(days: &[NaiveDate]) -> String {
+    days.iter().map(|d| format!("toDate('{d}')")).collect::<Vec<_>>().join(", ")
+}
+
 /// The days whose newest dirty mark is not older than their newest rollup.
 pub async fn dirty_days(ch: &clickhouse::Client) -> Result<Vec<NaiveDate>, clickhouse::error::Error> {
     let days: Vec<String> = ch.query(DIRTY_DAYS).fetch_all().await?;
@@ -41,7 +47,7 @@ pub async fn dirty_days(ch: &clickhouse::Client) -> Result<Vec<NaiveDate>, click
 /// The rollup statement for `days` (rendered as literals: they are dates we
 /// formatted, never caller input), `?` binding rollup_id then computed_at.
 pub fn rollup_sql(days: &[NaiveDate]) -> String {
-    let set = days.iter().map(|d| format!("toDate('{d}')")).collect::<Vec<_>>().join(", ");
+    let set = date_literals(days);
     format!(
         "INSERT INTO metrics_daily (metric_date, rollup_id, lifecycle_stage, event_type, event_category, \
              events, revenue_cents, conversions, active_users, computed_at) \
@@ -81,7 +87,7 @@ pub fn rollup_sql(days: &[NaiveDate]) -> String {
 
 /// The statement recording a rollup of `days`; `?` binds rollup_id, computed_at.
 pub fn record_sql(days: &[NaiveDate]) -> String {
-    let set = days.iter().map(|d| format!("toDate('{d}')")).collect::<Vec<_>>().join(", ");
+    let set = date_literals(days);
     format!(
         "INSERT INTO metrics_rollups (metric_date, rollup_id, computed_at) \
          SELECT arrayJoin([{set}]), ?, toDateTime(?)"

@@ -155,7 +155,8 @@ pub async fn mark_dirty(
     if days.is_empty() {
         return Ok(());
     }
-    let list = days.iter().map(|d| format!("toDate('{}')", date_of(*d))).collect::<Vec<_>>().join(", ");
+    let dates: Vec<NaiveDate> = days.iter().map(|d| date_of(*d)).collect();
+    let list = super::rollup::date_literals(&dates);
     ch.query(&format!("INSERT INTO metrics_dirty (metric_date, marked_at) SELECT arrayJoin([{list}]), now()"))
         .execute()
         .await?;
