@@ -196,17 +196,44 @@ impl Instance {
         self.history.push(Step { node: node.to_owned(), what: what.to_owned(), at: now });
     }
 
-    fn fail(&mut self, f: Failure) -> Vec<Effect> {
-        self.note(&f.failed_step.clone(), "failed", f.at);
+    /// Fails the instance with an incident at `step`.
+    fn fail(
+        &mut self,
+        error_type: &str,
+        error_message: String,
+        (step, attempt): (&str, u32),
+        at: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let f = Failure { error_type: error_type.to_owned(), error_message, failed_step: step.to_owned(), attempt, at };
+        self.note(step, "failed", at);
         self.status = Status::Failed;
         self.failure = Some(f.clone());
         vec![Effect::Failed(f)]
     }
 
-    fn spawn(&mut self, node: &str, via: &str) {
+    /// A new ready token at the target of `flow`.
+    fn spawn(&mut self, process: &Process, flow: &str) {
         let id = self.next_token;
         self.next_token += 1;
-        self.tokens.push(Token { id, node: node.to_owned(), via: Some(via.to_owned()), state: TokenState::Ready });
+        let node = process.flows[flow].target.clone();
+        self.tokens.push(Token { id, node, via: Some(flow.to_owned()), state: TokenState::Ready });
+    }
+
+    /// Moves the token at `index` along `flow`.
+    fn take(&mut self, process: &Process, index: usize, flow: &str) {
+        self.tokens.remove(index);
+        self.spawn(process, flow);
+    }
+
+    /// Moves the token at `index` along its node's single outgoing flow (checked
+    /// by the parser for start events, tasks and timers).
+    fn leave(&mut self, process: &Process, index: usize) {
+        match process.nodes.get(&self.tokens[index].node).and_then(|n| n.outgoing.first()).cloned() {
+            Some(flow) => self.take(process, index, &flow),
+            None => {
+                self.tokens.remove(index);
+            }
+        }
     }
 
     /// Moves every token as far as it can at `now`; returns what the engine must do.
@@ -239,11 +266,7 @@ impl Instance {
         }
         for id in fired {
             if let Some(i) = self.tokens.iter().position(|t| t.id == id) {
-                let token = self.tokens.remove(i);
-                if let Some(f) = process.nodes.get(&token.node).and_then(|n| n.outgoing.first()) {
-                    let target = process.flows[f].target.clone();
-                    self.spawn(&target, &f.clone());
-                }
+                self.leave(process, i);
             }
         }
         let vars = Value::Object(self.scope());
@@ -251,32 +274,17 @@ impl Instance {
         while let Some(i) = self.tokens.iter().position(|t| t.state == TokenState::Ready) {
             moves += 1;
             if moves > 10_000 {
-                return self.fail(Failure {
-                    error_type: "loop".into(),
-                    error_message: "more than 10000 moves in one advance; the process loops without waiting".into(),
-                    failed_step: self.tokens[i].node.clone(),
-                    attempt: 0,
-                    at: now,
-                });
+                let step = self.tokens[i].node.clone();
+                let message = "more than 10000 moves in one advance; the process loops without waiting";
+                return self.fail("loop", message.into(), (&step, 0), now);
             }
             let token = self.tokens[i].clone();
             let Some(node) = process.nodes.get(&token.node) else {
-                return self.fail(Failure {
-                    error_type: "unknown_node".into(),
-                    error_message: format!("node '{}' is not in the process (changed definition?)", token.node),
-                    failed_step: token.node.clone(),
-                    attempt: 0,
-                    at: now,
-                });
+                let message = format!("node '{}' is not in the process (changed definition?)", token.node);
+                return self.fail("unknown_node", message, (&token.node, 0), now);
             };
-            let first_out = node.outgoing.first().map(|f| (f.clone(), process.flows[f].target.clone()));
             match &node.kind {
-                NodeKind::Start => {
-                    self.tokens.remove(i);
-                    if let Some((f, target)) = first_out {
-                        self.spawn(&target, &f);
-                    }
-                }
+                NodeKind::Start => self.leave(process, i),
                 NodeKind::End => {
                     self.tokens.remove(i);
                     self.note(&node.id, "ended", now);
@@ -306,29 +314,16 @@ impl Instance {
                             }
                             Some(Ok(false)) => {}
                             Some(Err(e)) => {
-                                return self.fail(Failure {
-                                    error_type: "condition_error".into(),
-                                    error_message: format!("flow '{f}': {e}"),
-                                    failed_step: node.id.clone(),
-                                    attempt: 0,
-                                    at: now,
-                                });
+                                return self.fail("condition_error", format!("flow '{f}': {e}"), (&node.id, 0), now);
                             }
                         }
                     }
                     let Some(f) = chosen.or_else(|| default.clone()) else {
-                        return self.fail(Failure {
-                            error_type: "no_matching_flow".into(),
-                            error_message: "no outgoing condition holds and there is no default flow".into(),
-                            failed_step: node.id.clone(),
-                            attempt: 0,
-                            at: now,
-                        });
+                        let message = "no outgoing condition holds and there is no default flow";
+                        return self.fail("no_matching_flow", message.into(), (&node.id, 0), now);
                     };
-                    self.tokens.remove(i);
                     self.note(&node.id, &format!("took {f}"), now);
-                    let target = process.flows[&f].target.clone();
-                    self.spawn(&target, &f);
+                    self.take(process, i, &f);
                 }
                 NodeKind::Parallel => {
                     self.tokens[i].state = TokenState::Joined;
@@ -349,8 +344,7 @@ impl Instance {
                         }
                         self.note(&node.id, "passed", now);
                         for f in &node.outgoing {
-                            let target = process.flows[f].target.clone();
-                            self.spawn(&target, f);
+                            self.spawn(process, f);
                         }
                     }
                 }
@@ -401,11 +395,7 @@ impl Instance {
             Ok(output) => {
                 self.results.insert(node.clone(), output);
                 self.note(&node, "completed", now);
-                self.tokens.remove(i);
-                if let Some(f) = process.nodes.get(&node).and_then(|n| n.outgoing.first()) {
-                    let target = process.flows[f].target.clone();
-                    self.spawn(&target, &f.clone());
-                }
+                self.leave(process, i);
                 self.advance(process, now)
             }
             Err(message) => {
@@ -416,13 +406,7 @@ impl Instance {
                     self.note(&node, &format!("retry {attempt}: {message}"), now);
                     vec![Effect::WakeAt(until)]
                 } else {
-                    self.fail(Failure {
-                        error_type: "task_failed".into(),
-                        error_message: message,
-                        failed_step: node,
-                        attempt,
-                        at: now,
-                    })
+                    self.fail("task_failed", message, (&node, attempt), now)
                 }
             }
         }
