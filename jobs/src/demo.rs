@@ -209,25 +209,17 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         return Err(format!("the ClickHouse sink inserted {} of {valid_count} events in 120 s", inserted()));
     }
     let (_, analyst_key) = ApiKeys::create(&pool, "demo-analyst", Role::Analyst).await.map_err(|e| e.to_string())?;
+    let analytics = |query: &'static str| {
+        let request = http.get(format!("{base}/analytics?{query}")).bearer_auth(&analyst_key);
+        async move {
+            let resp = request.send().await.map_err(|e| e.to_string())?;
+            resp.json::<serde_json::Value>().await.map_err(|e| e.to_string())
+        }
+    };
     let analytics_query = "metric=events&dimensions=lifecycle_stage&date_range=last_2d&aggregation=total";
-    let per_stage: serde_json::Value = http
-        .get(format!("{base}/analytics?{analytics_query}"))
-        .bearer_auth(&analyst_key)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let revenue: serde_json::Value = http
-        .get(format!("{base}/analytics?metric=revenue&date_range=last_2d&aggregation=total"))
-        .bearer_auth(&analyst_key)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let revenue_query = "metric=revenue&date_range=last_2d&aggregation=total";
+    let per_stage = analytics(analytics_query).await?;
+    let revenue = analytics(revenue_query).await?;
     let _ = stop_api.send(true);
     api.await.map_err(|e| e.to_string())??;
 
@@ -299,7 +291,7 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         println!("  {:<12} {:>8} events", p["lifecycle_stage"].as_str().unwrap_or("?"), p["value"]);
     }
     println!(
-        "GET /analytics?metric=revenue&date_range=last_2d&aggregation=total -> {} (data as of {})",
+        "GET /analytics?{revenue_query} -> {} (data as of {})",
         revenue["data"][0]["value"], revenue["metadata"]["data_as_of"]
     );
     println!(
