@@ -6,15 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use lifecycle_connectors::clickhouse::{client, server_client};
+use lifecycle_connectors::clickhouse::client;
 use lifecycle_connectors::http::auth::Role;
-use lifecycle_jobs::stages::analytics::{self, SinkHandle};
 use lifecycle_jobs::stages::profile::{self, ProfileHandle};
 use lifecycle_pipeline::profile::{LifecycleRules, Profile, ScoreParams};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::common::{eventually, schemas, test_config};
+use crate::common::{Sink, drop_clickhouse_db, eventually, own_analytics, schemas, test_config};
 use crate::ingest_api::{Api, key};
 use crate::profile_stage::produce_valid;
 
@@ -98,11 +97,9 @@ async fn get(api: &Api, query: &str, key: Option<&str>) -> (u16, Value, reqwest:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daily_metrics_per_stage_and_type_equal_a_recount_and_the_api_serves_them() {
     let (mut cfg, reg) = test_config("agg").await;
-    cfg.clickhouse.database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    own_analytics(&mut cfg);
     cfg.profile.group_id = format!("{}-profile", cfg.validate.group_id);
     cfg.profile.metrics_addr = None;
-    cfg.analytics.group_id = format!("{}-analytics", cfg.validate.group_id);
-    cfg.analytics.metrics_addr = None;
     cfg.analytics.batch_linger_ms = 300;
     cfg.analytics.rollup_interval_ms = 500;
     // 20,000 events for 400 users, each delivered twice (at-least-once upstream).
@@ -112,15 +109,12 @@ async fn daily_metrics_per_stage_and_type_equal_a_recount_and_the_api_serves_the
     assert!(transitions > 400, "the workload moves users through stages ({transitions} transitions)");
 
     let (stop, rx) = watch::channel(false);
-    let (ph, sh) = (ProfileHandle::new().expect("metrics"), SinkHandle::new().expect("metrics"));
-    let stages = {
-        let (c1, c2, p, s, r1, r2) = (cfg.clone(), cfg.clone(), ph.clone(), sh.clone(), rx.clone(), rx.clone());
-        (
-            tokio::spawn(async move { profile::run(&c1, p, r1).await }),
-            tokio::spawn(async move { analytics::run(&c2, s, r2).await }),
-        )
+    let profiles = {
+        let cfg = cfg.clone();
+        tokio::spawn(async move { profile::run(&cfg, ProfileHandle::new().expect("metrics"), rx).await })
     };
-    let inserted = |t: &str| sh.metrics.rows_inserted.with_label_values(&[t]).get();
+    let sink = Sink::start(&cfg);
+    let inserted = |t: &str| sink.inserted(t);
     let done = eventually(300, || inserted("events") >= 40_000 && inserted("lifecycle_events") >= transitions).await;
     assert!(done, "sink inserted {} events, {} transitions", inserted("events"), inserted("lifecycle_events"));
     // The rollup runs every 500 ms; wait until the aggregates match.
@@ -248,12 +242,7 @@ async fn daily_metrics_per_stage_and_type_equal_a_recount_and_the_api_serves_the
     }
 
     stop.send(true).expect("stop");
-    stages.0.await.expect("join").expect("profile stage ran cleanly");
-    stages.1.await.expect("join").expect("sink ran cleanly");
-    server_client(&cfg.clickhouse)
-        .query("DROP DATABASE ?")
-        .bind(clickhouse::sql::Identifier(&cfg.clickhouse.database))
-        .execute()
-        .await
-        .expect("drop");
+    profiles.await.expect("join").expect("profile stage ran cleanly");
+    sink.stop().await;
+    drop_clickhouse_db(&cfg).await;
 }

@@ -3,34 +3,23 @@
 
 use std::collections::BTreeMap;
 
-use lifecycle_connectors::clickhouse::{client, server_client};
-use lifecycle_jobs::stages::analytics::{self, SinkHandle};
-use tokio::sync::watch;
+use lifecycle_connectors::clickhouse::client;
 
-use crate::common::{eventually, test_config};
+use crate::common::{Sink, drop_clickhouse_db, eventually, own_analytics, test_config};
 use crate::profile_stage::produce_valid;
 
-async fn run_sink(cfg: &lifecycle_jobs::LifecycleConfig, n: u64) -> SinkHandle {
-    let handle = SinkHandle::new().expect("metrics");
-    let (stop, rx) = watch::channel(false);
-    let task = {
-        let (cfg, handle) = (cfg.clone(), handle.clone());
-        tokio::spawn(async move { analytics::run(&cfg, handle, rx).await })
-    };
-    let inserted = || handle.metrics.rows_inserted.with_label_values(&["events"]).get();
-    let done = eventually(300, || inserted() >= n).await;
-    stop.send(true).expect("stop");
-    task.await.expect("join").expect("sink ran cleanly");
-    assert!(done, "inserted {} of {n}", inserted());
-    handle
+async fn run_sink(cfg: &lifecycle_jobs::LifecycleConfig, n: u64) {
+    let sink = Sink::start(cfg);
+    let done = eventually(300, || sink.inserted("events") >= n).await;
+    let inserted = sink.inserted("events");
+    sink.stop().await;
+    assert!(done, "inserted {inserted} of {n}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_events_counted_per_day_and_type_and_replay_changes_nothing() {
     let (mut cfg, reg) = test_config("ch").await;
-    cfg.clickhouse.database = format!("t_{}", uuid::Uuid::new_v4().simple());
-    cfg.analytics.group_id = format!("{}-analytics", cfg.validate.group_id);
-    cfg.analytics.metrics_addr = None;
+    own_analytics(&mut cfg);
     cfg.analytics.batch_linger_ms = 300;
     let events = produce_valid(&cfg, reg.valid_envelope_id, 100_000, 3_000, 1).await;
     let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -64,10 +53,5 @@ async fn hundred_thousand_events_counted_per_day_and_type_and_replay_changes_not
     let distinct: u64 =
         client(&cfg.clickhouse).query("SELECT uniqExact(event_id) FROM events").fetch_one().await.expect("distinct");
     assert_eq!(distinct, 100_000);
-    server_client(&cfg.clickhouse)
-        .query("DROP DATABASE ?")
-        .bind(clickhouse::sql::Identifier(&cfg.clickhouse.database))
-        .execute()
-        .await
-        .expect("drop");
+    drop_clickhouse_db(&cfg).await;
 }

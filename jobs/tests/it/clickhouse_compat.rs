@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use chrono::NaiveDate;
-use lifecycle_connectors::clickhouse::{migrate, rollup, server_client};
+use lifecycle_connectors::clickhouse::{migrate, rollup};
 use lifecycle_connectors::http_analytics::{params, query};
 use serde_json::{Value, json};
 
@@ -202,10 +202,5 @@ async fn ddl_rollup_api_and_dashboard_sql_agree_on_clickhouse_18_and_26() {
         assert!(!old[name].as_str().unwrap_or_default().is_empty(), "{name} returns rows");
     }
 
-    server_client(&cfg.clickhouse)
-        .query("DROP DATABASE ?")
-        .bind(clickhouse::sql::Identifier(&cfg.clickhouse.database))
-        .execute()
-        .await
-        .expect("drop");
+    crate::common::drop_clickhouse_db(&cfg).await;
 }

@@ -8,10 +8,8 @@ use std::time::Duration;
 use lifecycle_connectors::clickhouse::client;
 use lifecycle_jobs::stack::StackConfig;
 use lifecycle_jobs::stack::clickhouse as ch_server;
-use lifecycle_jobs::stages::analytics::{self, SinkHandle};
-use tokio::sync::watch;
 
-use crate::common::{eventually, test_config};
+use crate::common::{Sink, eventually, own_analytics, test_config};
 use crate::profile_stage::{produce_valid, produce_valid_as};
 
 fn free_port() -> u16 {
@@ -43,19 +41,13 @@ async fn clickhouse_down_for_30_seconds_loses_nothing() {
     let server = Server(stack);
     ch_server::up(&server.0).await.expect("isolated ClickHouse starts");
     cfg.clickhouse.url = format!("http://127.0.0.1:{}", server.0.clickhouse_http_port);
-    cfg.analytics.group_id = format!("{}-analytics", cfg.validate.group_id);
-    cfg.analytics.metrics_addr = None;
+    own_analytics(&mut cfg);
     cfg.analytics.batch_linger_ms = 200;
     cfg.analytics.max_batch_records = 5_000;
 
-    let handle = SinkHandle::new().expect("metrics");
-    let (stop, rx) = watch::channel(false);
-    let task = {
-        let (cfg, handle) = (cfg.clone(), handle.clone());
-        tokio::spawn(async move { analytics::run(&cfg, handle, rx).await })
-    };
-    let inserted = || handle.metrics.rows_inserted.with_label_values(&["events"]).get();
-    let retries = || handle.metrics.retries.with_label_values(&["insert"]).get();
+    let sink = Sink::start(&cfg);
+    let inserted = || sink.inserted("events");
+    let retries = || sink.handle.metrics.retries.with_label_values(&["insert"]).get();
     let mut events = produce_valid(&cfg, reg.valid_envelope_id, 30_000, 1_000, 1).await;
     assert!(eventually(120, || inserted() >= 5_000).await, "the sink got going ({} rows)", inserted());
 
@@ -70,8 +62,7 @@ async fn clickhouse_down_for_30_seconds_loses_nothing() {
     ch_server::up(&server.0).await.expect("ClickHouse restarts");
 
     assert!(eventually(180, || inserted() >= 60_000).await, "resumed: {} of 60000 rows", inserted());
-    stop.send(true).expect("stop");
-    task.await.expect("join").expect("sink ran cleanly");
+    sink.stop().await;
 
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {

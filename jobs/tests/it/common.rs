@@ -147,3 +147,53 @@ pub(crate) async fn run_stage_until(cfg: &LifecycleConfig, n: u64, secs: u64) ->
     assert!(done, "stage consumed {:?} of {n} in {secs} s", handle.counts());
     handle
 }
+
+/// Gives the test its own ClickHouse database and the sink its own group,
+/// without a metrics port.
+pub(crate) fn own_analytics(cfg: &mut LifecycleConfig) {
+    cfg.clickhouse.database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    cfg.analytics.group_id = format!("{}-analytics", cfg.validate.group_id);
+    cfg.analytics.metrics_addr = None;
+}
+
+/// Drops the test's ClickHouse database.
+pub(crate) async fn drop_clickhouse_db(cfg: &LifecycleConfig) {
+    lifecycle_connectors::clickhouse::server_client(&cfg.clickhouse)
+        .query("DROP DATABASE ?")
+        .bind(clickhouse::sql::Identifier(&cfg.clickhouse.database))
+        .execute()
+        .await
+        .expect("drop the test database");
+}
+
+/// A running analytics sink: its handle, the stop switch and the task.
+pub(crate) struct Sink {
+    pub(crate) handle: lifecycle_jobs::stages::analytics::SinkHandle,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Sink {
+    /// Starts the sink with `cfg`.
+    pub(crate) fn start(cfg: &LifecycleConfig) -> Self {
+        let handle = lifecycle_jobs::stages::analytics::SinkHandle::new().expect("metrics");
+        let (stop, rx) = watch::channel(false);
+        let task = {
+            let (cfg, handle) = (cfg.clone(), handle.clone());
+            tokio::spawn(async move { lifecycle_jobs::stages::analytics::run(&cfg, handle, rx).await })
+        };
+        Self { handle, stop, task }
+    }
+
+    /// Rows inserted into `table` so far.
+    pub(crate) fn inserted(&self, table: &str) -> u64 {
+        self.handle.metrics.rows_inserted.with_label_values(&[table]).get()
+    }
+
+    /// Stops the sink (it finishes its batch and rolls up once more); it must have run cleanly.
+    pub(crate) async fn stop(self) -> lifecycle_jobs::stages::analytics::SinkHandle {
+        self.stop.send(true).expect("stop");
+        self.task.await.expect("join").expect("sink ran cleanly");
+        self.handle
+    }
+}
