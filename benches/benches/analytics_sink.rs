@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use lifecycle_connectors::clickhouse::sink::{EventRow, insert};
 use lifecycle_jobs::LifecycleConfig;
 use lifecycle_jobs::stages::analytics::{self, SinkHandle};
-use lifecycle_pipeline::{Topic, TopicNames};
+use lifecycle_pipeline::TopicNames;
 use tokio::sync::watch;
 
 fn arg(i: usize, default: usize) -> usize {
@@ -60,16 +60,10 @@ async fn main() {
     let port = cfg.stack.clickhouse_tcp_port;
     let db = cfg.clickhouse.database.clone();
     let reg = lifecycle_jobs::setup::topics_and_schemas(&cfg).await.expect("stack up? (lifecycle stack up)");
-    let topic = cfg.topics.name(Topic::EventsValid);
     let (generated, bytes) = lifecycle_benches::produce_valid(&cfg, reg.valid_envelope_id, (events, users, 5)).await;
     println!("produced {events} events for {users} users ({bytes} bytes avg)");
 
-    let raw = tokio::task::spawn_blocking({
-        let (cfg, topic) = (cfg.clone(), topic.clone());
-        move || lifecycle_benches::raw_consume(&cfg, &topic, events)
-    })
-    .await
-    .expect("raw consume");
+    let raw = lifecycle_benches::raw_consume(&cfg, events).await;
 
     // The sink: Kafka -> decode -> RowBinary insert -> commit.
     let handle = SinkHandle::new().expect("metrics");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lifecycle_jobs::LifecycleConfig;
 use lifecycle_jobs::stages::profile::{self, ProfileHandle};
-use lifecycle_pipeline::{Topic, TopicNames};
+use lifecycle_pipeline::TopicNames;
 use tokio::sync::watch;
 
 fn arg(i: usize, default: usize) -> usize {
@@ -28,16 +28,10 @@ async fn main() {
     cfg.profile.metrics_addr = None;
     let reg = lifecycle_jobs::setup::topics_and_schemas(&cfg).await.expect("stack up? (lifecycle stack up)");
     let t = Instant::now();
-    let topic = cfg.topics.name(Topic::EventsValid);
     let (_, bytes) = lifecycle_benches::produce_valid(&cfg, reg.valid_envelope_id, (events, users, 3)).await;
     println!("produced {events} events for {users} users ({bytes} bytes avg) in {:.2?}", t.elapsed());
 
-    let raw = tokio::task::spawn_blocking({
-        let (cfg, topic) = (cfg.clone(), topic.clone());
-        move || lifecycle_benches::raw_consume(&cfg, &topic, events)
-    })
-    .await
-    .expect("raw consume");
+    let raw = lifecycle_benches::raw_consume(&cfg, events).await;
 
     let handle = ProfileHandle::new().expect("metrics");
     let (stop, rx) = watch::channel(false);

@@ -80,9 +80,14 @@ pub async fn produce_valid(
     (all, bytes / events.max(1))
 }
 
-/// The ceiling: an rdkafka consumer reading `n` records of `topic` from the
-/// beginning and doing nothing with them. Returns the wall time.
-pub fn raw_consume(cfg: &lifecycle_jobs::LifecycleConfig, topic: &str, n: usize) -> std::time::Duration {
+/// The ceiling: an rdkafka consumer reading the first `n` records of `cfg`'s
+/// events.valid and doing nothing with them (on a blocking thread). Returns the wall time.
+pub async fn raw_consume(cfg: &lifecycle_jobs::LifecycleConfig, n: usize) -> std::time::Duration {
+    let (cfg, topic) = (cfg.clone(), cfg.topics.name(lifecycle_pipeline::Topic::EventsValid));
+    tokio::task::spawn_blocking(move || raw_consume_blocking(&cfg, &topic, n)).await.expect("raw consume")
+}
+
+fn raw_consume_blocking(cfg: &lifecycle_jobs::LifecycleConfig, topic: &str, n: usize) -> std::time::Duration {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     use std::time::{Duration, Instant};
