@@ -52,6 +52,13 @@ fn export(port: u16, db: &str, fmt: &str, path: &std::path::Path) {
 async fn main() {
     let (events, users) = (arg(1, 200_000), arg(2, 10_000));
     let mut cfg = LifecycleConfig::default();
+    // The sink is timed from its first insert, so the first batch is not counted:
+    // fewer events than two batches would time (almost) nothing.
+    assert!(
+        events >= 2 * cfg.analytics.max_batch_records,
+        "EVENTS must be at least twice analytics.max_batch_records ({})",
+        cfg.analytics.max_batch_records
+    );
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     cfg.topics = TopicNames::with_prefix(format!("bench-{tag}."));
     cfg.analytics.group_id = format!("bench-{tag}-analytics");
