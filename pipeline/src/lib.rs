@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod process;
 pub mod profile;
 pub mod reason;
+pub mod rules;
 pub mod segment;
 pub mod strict;
 pub mod topics;

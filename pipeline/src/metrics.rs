@@ -2,7 +2,8 @@
 //! `lifecycle_<component>_<what>_<unit>` with bounded label sets.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets,
 };
 
 use crate::reason::ReasonCode;
@@ -139,6 +140,10 @@ pub struct ProfileMetrics {
     pub retries: IntCounterVec,
     /// Consumer lag per partition.
     pub lag: IntGaugeVec,
+    /// Trigger evaluations by outcome (`met`, `not_met`).
+    pub trigger_evaluations: IntCounterVec,
+    /// Segment membership changes (`entered`, `exited`).
+    pub segment_changes: IntCounterVec,
 }
 
 impl ProfileMetrics {
@@ -177,6 +182,18 @@ impl ProfileMetrics {
             )?,
             retries: counter_vec(r, "lifecycle_profile_retries_total", "Batch retries by cause", &["cause"])?,
             lag,
+            trigger_evaluations: counter_vec(
+                r,
+                "lifecycle_profile_trigger_evaluations_total",
+                "Trigger evaluations by outcome",
+                &["outcome"],
+            )?,
+            segment_changes: counter_vec(
+                r,
+                "lifecycle_profile_segment_changes_total",
+                "Segment membership changes",
+                &["change"],
+            )?,
         };
         for reason in ["offset", "event_id", "undecodable"] {
             m.skipped.with_label_values(&[reason]);
@@ -222,6 +239,74 @@ impl AnalyticsMetrics {
             retries: counter_vec(r, "lifecycle_analytics_retries_total", "Retries by cause", &["cause"])?,
             days_rolled_up,
             rollup_seconds,
+        })
+    }
+}
+
+/// Metrics of the workflow engine.
+#[derive(Clone)]
+pub struct WorkflowMetrics {
+    /// Commands consumed from workflow.commands, by outcome (`started`,
+    /// `duplicate`, `cancelled`, `dead_lettered`).
+    pub commands: IntCounterVec,
+    /// Instances started.
+    pub instances_started: IntCounter,
+    /// Instances that ended, by status (`completed`, `failed`).
+    pub instances_ended: IntCounterVec,
+    /// Service-task attempts by action and outcome.
+    pub task_attempts: IntCounterVec,
+    /// Seconds per service-task attempt.
+    pub task_seconds: Histogram,
+    /// Instances being worked on now.
+    pub in_flight: IntGauge,
+    /// Webhook deliveries by outcome (`delivered`, `retry`, `failed`).
+    pub webhooks: IntCounterVec,
+    /// Retries of the engine's own IO (database, broker) by cause.
+    pub retries: IntCounterVec,
+}
+
+impl WorkflowMetrics {
+    /// Registers the engine's metrics in `r`.
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let instances_started =
+            IntCounter::new("lifecycle_workflow_instances_started_total", "Workflow instances started")?;
+        r.register(Box::new(instances_started.clone()))?;
+        let in_flight = IntGauge::new("lifecycle_workflow_in_flight", "Instances being worked on now")?;
+        r.register(Box::new(in_flight.clone()))?;
+        Ok(Self {
+            commands: counter_vec(
+                r,
+                "lifecycle_workflow_commands_total",
+                "Commands consumed by outcome",
+                &["outcome"],
+            )?,
+            instances_started,
+            instances_ended: counter_vec(
+                r,
+                "lifecycle_workflow_instances_ended_total",
+                "Workflow instances that ended, by status",
+                &["status"],
+            )?,
+            task_attempts: counter_vec(
+                r,
+                "lifecycle_workflow_task_attempts_total",
+                "Service-task attempts by action and outcome",
+                &["action", "outcome"],
+            )?,
+            task_seconds: histogram(
+                r,
+                "lifecycle_workflow_task_seconds",
+                "Seconds per service-task attempt",
+                exponential_buckets(0.001, 2.0, 16)?,
+            )?,
+            in_flight,
+            webhooks: counter_vec(
+                r,
+                "lifecycle_workflow_webhooks_total",
+                "Webhook deliveries by outcome",
+                &["outcome"],
+            )?,
+            retries: counter_vec(r, "lifecycle_workflow_retries_total", "Engine IO retries by cause", &["cause"])?,
         })
     }
 }

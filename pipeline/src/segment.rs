@@ -114,7 +114,7 @@ pub struct ConditionError {
 }
 
 /// One recent event of the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecentEvent {
     /// Its type.
     pub event_type: String,

@@ -21,11 +21,13 @@ pub enum Topic {
     WorkflowEvents,
     /// Workflow instances that exhausted their retries.
     WorkflowDlq,
+    /// Segment membership changes (entered / exited), JSON, keyed by user_id.
+    SegmentMemberships,
 }
 
 impl Topic {
     /// Every topic, in a fixed order.
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Self::EventsRaw,
         Self::EventsValid,
         Self::EventsDlq,
@@ -34,6 +36,7 @@ impl Topic {
         Self::WorkflowCommands,
         Self::WorkflowEvents,
         Self::WorkflowDlq,
+        Self::SegmentMemberships,
     ];
 
     /// The default name, as in the design document.
@@ -47,6 +50,7 @@ impl Topic {
             Self::WorkflowCommands => "workflow.commands",
             Self::WorkflowEvents => "workflow.events",
             Self::WorkflowDlq => "workflow.dlq",
+            Self::SegmentMemberships => "segments.memberships",
         }
     }
 

@@ -8,5 +8,5 @@ mod score;
 mod update;
 
 pub use lifecycle::{LifecycleRules, Stage, Transition};
-pub use model::{AccountStatus, Behavioral, Demographic, Profile, Transactional};
+pub use model::{AccountStatus, Behavioral, Demographic, Profile, RECENT_EVENTS, Transactional};
 pub use score::{ScoreParams, customer_lifetime_value, engagement_score};

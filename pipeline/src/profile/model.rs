@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::lifecycle::Stage;
+use crate::segment::RecentEvent;
 
 /// Whether the account exists.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +126,14 @@ pub struct Profile {
     /// Distinct event types seen (depth of engagement).
     #[serde(default)]
     pub event_types_seen: BTreeSet<String>,
+    /// The newest events (type and time, at most [`RECENT_EVENTS`], newest
+    /// last): what segment and trigger conditions count over time windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<RecentEvent>,
 }
+
+/// How many recent events a profile keeps for windowed conditions.
+pub const RECENT_EVENTS: usize = 100;
 
 impl Profile {
     /// An empty profile in Acquisition.
@@ -142,6 +150,7 @@ impl Profile {
             transaction: Transactional::default(),
             events_applied: 0,
             event_types_seen: BTreeSet::new(),
+            recent_events: Vec::new(),
         }
     }
 

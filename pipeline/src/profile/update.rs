@@ -4,9 +4,10 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::{Map, Value};
 
 use super::lifecycle::{LifecycleRules, Transition};
-use super::model::{AccountStatus, Profile};
+use super::model::{AccountStatus, Profile, RECENT_EVENTS};
 use super::score::{ScoreParams, add_decayed, category_weight, customer_lifetime_value, engagement_score};
 use crate::event::Event;
+use crate::segment::RecentEvent;
 
 fn prop<'a>(props: Option<&'a Map<String, Value>>, key: &str) -> Option<&'a Value> {
     props.and_then(|p| p.get(key)).filter(|v| !v.is_null())
@@ -55,6 +56,11 @@ impl Profile {
         self.events_applied += 1;
         *self.behavioral.event_counts.entry(t.to_owned()).or_insert(0) += 1;
         self.event_types_seen.insert(t.to_owned());
+        let at = self.recent_events.partition_point(|r| r.at <= ts);
+        self.recent_events.insert(at, RecentEvent { event_type: t.to_owned(), at: ts });
+        if self.recent_events.len() > RECENT_EVENTS {
+            self.recent_events.remove(0);
+        }
         let b = &mut self.behavioral;
         b.first_seen = Some(b.first_seen.map_or(ts, |f| f.min(ts)));
         b.last_activity = Some(b.last_activity.map_or(ts, |l| l.max(ts)));

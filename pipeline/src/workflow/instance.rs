@@ -353,18 +353,50 @@ impl Instance {
         if self.tokens.is_empty() {
             self.status = Status::Completed;
             effects.push(Effect::Completed);
-        } else if let Some(at) = self
-            .tokens
+        } else if let Some(at) = self.next_wake() {
+            effects.push(Effect::WakeAt(at));
+        }
+        effects
+    }
+
+    /// The earliest timer or retry among the tokens.
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.tokens
             .iter()
             .filter_map(|t| match t.state {
                 TokenState::Waiting { until } | TokenState::Retrying { until, .. } => Some(until),
                 _ => None,
             })
             .min()
-        {
-            effects.push(Effect::WakeAt(at));
+    }
+
+    /// Picks a stored instance up again (after a restart, a lost lease or a
+    /// re-run): tasks that were executing run again under the same
+    /// idempotency key, then everything due moves on.
+    pub fn resume(&mut self, process: &Process, now: DateTime<Utc>) -> Vec<Effect> {
+        if self.status != Status::Running {
+            return vec![];
         }
+        let mut effects: Vec<Effect> = self
+            .tokens
+            .iter()
+            .filter_map(|t| match (&t.state, process.nodes.get(&t.node).map(|n| &n.kind)) {
+                (TokenState::Working { attempt }, Some(NodeKind::Task { action, .. })) => Some(Effect::Execute {
+                    token: t.id,
+                    node: t.node.clone(),
+                    action: action.clone(),
+                    attempt: *attempt,
+                }),
+                _ => None,
+            })
+            .collect();
+        effects.extend(self.advance(process, now));
         effects
+    }
+
+    /// Retries made over all nodes.
+    pub fn retry_count(&self) -> u32 {
+        self.retries.values().sum()
     }
 
     /// Variables as conditions see them: the variables plus `results`.
@@ -496,6 +528,19 @@ mod tests {
         assert_eq!(i.status, Status::Completed);
         assert_eq!(i.results["thank"], json!({"status": 200}));
         assert!(i.tokens.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_resumed_instance_runs_its_in_flight_task_again_under_the_same_key() -> Result<(), String> {
+        let p = Process::parse(PURCHASE_FOLLOW_UP).map_err(|e| e.to_string())?;
+        let mut i = Instance::start(&p, vars(150.0), t(0));
+        let first = executes(&i.advance(&p, t(0)));
+        // The engine stored this state, called the service and died before recording the answer.
+        let mut back: Instance =
+            serde_json::from_value(serde_json::to_value(&i).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        assert_eq!(executes(&back.resume(&p, t(30))), first, "same token, same attempt: same idempotency key");
+        assert!(back.advance(&p, t(31)).is_empty(), "advance alone does not re-run a working task");
         Ok(())
     }
 
