@@ -7,5 +7,6 @@ pub mod http;
 pub mod http_analytics;
 pub mod http_ingest;
 pub mod http_users;
+pub mod http_workflows;
 pub mod kafka;
 pub mod postgres;

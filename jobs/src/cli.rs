@@ -71,6 +71,8 @@ pub enum Stage {
     Profile,
     /// events.valid -> ClickHouse events table.
     Analytics,
+    /// workflow.commands -> workflow instances (BPMN) -> workflow.events / workflow.dlq.
+    Workflows,
     /// HTTP ingestion API.
     Ingest,
 }
@@ -136,6 +138,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Run { stage: Stage::Analytics } => {
             let handle = crate::stages::analytics::SinkHandle::new()?;
             crate::stages::analytics::run(&cfg, handle, shutdown_on_signal()).await
+        }
+        Command::Run { stage: Stage::Workflows } => {
+            let handle = crate::stages::workflows::EngineHandle::new()?;
+            crate::stages::workflows::run(&cfg, handle, shutdown_on_signal()).await
         }
         Command::Run { stage: Stage::Ingest } => crate::services::run_ingest(&cfg, shutdown_on_signal()).await,
         Command::Registry => crate::services::run_registry(&cfg, shutdown_on_signal()).await,

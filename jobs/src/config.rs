@@ -17,6 +17,7 @@ use crate::stack::StackConfig;
 use crate::stages::analytics::config::AnalyticsConfig;
 use crate::stages::profile::config::ProfileConfig;
 use crate::stages::validate::config::ValidateConfig;
+use crate::stages::workflows::config::WorkflowConfig;
 
 /// Validation rules' limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +80,8 @@ pub struct LifecycleConfig {
     pub profile: ProfileConfig,
     /// The ClickHouse sink.
     pub analytics: AnalyticsConfig,
+    /// The workflow engine.
+    pub workflows: WorkflowConfig,
     /// The HTTP ingestion API.
     pub ingest: IngestConfig,
     /// `GET /analytics` on the API service.
@@ -105,6 +108,7 @@ impl Default for LifecycleConfig {
             validate: ValidateConfig::default(),
             profile: ProfileConfig::default(),
             analytics: AnalyticsConfig::default(),
+            workflows: WorkflowConfig::default(),
             ingest: IngestConfig::default(),
             analytics_api: AnalyticsApiConfig::default(),
             registry: RegistryConfig::default(),
@@ -131,6 +135,7 @@ impl LifecycleConfig {
         self.validate.validate()?;
         self.profile.validate()?;
         self.analytics.validate()?;
+        self.workflows.validate()?;
         url::Url::parse(&self.registry_url).map_err(|e| format!("registry_url: {e}"))?;
         Ok(())
     }
@@ -178,5 +183,6 @@ mod tests {
         assert_eq!(cfg.ingest, defaults.ingest);
         assert_eq!(cfg.profile, defaults.profile);
         assert_eq!(cfg.validate, defaults.validate);
+        assert_eq!(cfg.workflows, defaults.workflows);
     }
 }

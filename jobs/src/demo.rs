@@ -1,6 +1,7 @@
-//! The main job end to end: start the stack, run the ingestion API and the
-//! validation stage, send a demo workload over Kafka and HTTP, and print what
-//! happened, read back from the output topics.
+//! The main job end to end: start the stack, run the API, the stages and the
+//! workflow engine, define a segment, a trigger and a BPMN workflow through
+//! the API, send a demo workload over Kafka and HTTP, and print what happened,
+//! read back from the output topics and tables.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,7 +88,7 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     let (_, api_key) = ApiKeys::create(&pool, "demo", Role::Operator).await.map_err(|e| e.to_string())?;
 
     println!(
-        "\n== 2. stages: API on http://{} + validation stage + profile stage + ClickHouse sink ==",
+        "\n== 2. stages: API on http://{} + validation + profile + ClickHouse sink + workflow engine ==",
         cfg.ingest.listen_addr
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -106,6 +107,11 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         let (cfg, handle, rx) = (cfg.clone(), sink_handle.clone(), stop_rx.clone());
         tokio::spawn(async move { crate::stages::analytics::run(&cfg, handle, rx).await })
     };
+    let engine = {
+        let (cfg, rx) = (cfg.clone(), stop_rx.clone());
+        let handle = crate::stages::workflows::EngineHandle::new()?;
+        tokio::spawn(async move { crate::stages::workflows::run(&cfg, handle, rx).await })
+    };
     let (stop_api, api_rx) = watch::channel(false);
     let api = {
         let cfg = cfg.clone();
@@ -116,8 +122,15 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     let valid_from = high_watermarks(cfg, &valid_topic)?;
     let dlq_from = high_watermarks(cfg, &dlq_topic)?;
 
+    let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
+    let base = format!("http://{}", cfg.ingest.listen_addr);
+    crate::stack::wait_for(Duration::from_secs(10), || async {
+        http.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
     println!("\n== 3. demo workload ==");
     let run_id = format!("demo{}", Utc::now().timestamp_millis());
+    let rules = define_rules(&http, &base, &api_key, &run_id).await?;
     let mut w = Workload::new(42, 500, &run_id, Utc::now());
     let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id: registration.raw_envelope_id };
     let raw_topic = cfg.topics.name(Topic::EventsRaw);
@@ -146,12 +159,6 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         records.len() - events
     );
 
-    let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
-    let base = format!("http://{}", cfg.ingest.listen_addr);
-    crate::stack::wait_for(Duration::from_secs(10), || async {
-        http.get(format!("{base}/healthz")).send().await.is_ok()
-    })
-    .await;
     let mut batch: Vec<serde_json::Value> = (0..100).map(|_| w.next_event()).collect();
     batch[3]["event_type"] = json!("transaction.purchase");
     batch[7]["timestamp"] = json!("next tuesday");
@@ -196,10 +203,25 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     .await;
     let inserted = || sink_handle.metrics.rows_inserted.with_label_values(&["events"]).get();
     let sunk = crate::stack::wait_for(Duration::from_secs(120), || async { inserted() >= valid_count }).await;
+    let settled = crate::stack::wait_for(Duration::from_secs(60), || async {
+        let open: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM workflow_executions WHERE workflow_id = $1::uuid AND status IN ('pending', 'running')",
+        )
+        .bind(&rules.workflow)
+        .fetch_one(&pool)
+        .await;
+        open.is_ok_and(|n| n == 0)
+    })
+    .await;
     let _ = stop_tx.send(true); // the sink rolls up metrics_daily once more as it stops
     stage.await.map_err(|e| e.to_string())??;
     profiles.await.map_err(|e| e.to_string())??;
     analytics.await.map_err(|e| e.to_string())??;
+    engine.await.map_err(|e| e.to_string())??;
+    if !settled {
+        let _ = stop_api.send(true);
+        return Err("workflow instances were still running after 60 s".into());
+    }
     if !profiled {
         let _ = stop_api.send(true);
         return Err("the profile stage did not apply every valid event in 120 s".into());
@@ -216,6 +238,7 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
             resp.json::<serde_json::Value>().await.map_err(|e| e.to_string())
         }
     };
+    let instance = report_rules(&http, &base, &api_key, &pool, &rules).await?;
     let analytics_query = "metric=events&dimensions=lifecycle_stage&date_range=last_2d&aggregation=total";
     let revenue_query = "metric=revenue&date_range=last_2d&aggregation=total";
     let per_stage = analytics(analytics_query).await?;
@@ -286,6 +309,7 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         cfg.clickhouse.database,
         sink_handle.metrics.days_rolled_up.get()
     );
+    println!("\n{instance}");
     println!("GET /analytics?{analytics_query} (analyst key), all users, last 2 days:");
     for p in per_stage["data"].as_array().into_iter().flatten() {
         println!("  {:<12} {:>8} events", p["lifecycle_stage"].as_str().unwrap_or("?"), p["value"]);
@@ -302,4 +326,141 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         return Err("counts do not add up".into());
     }
     Ok(())
+}
+
+/// What the demo defined through the API.
+struct DemoRules {
+    workflow: String,
+    segment: String,
+    trigger: String,
+}
+
+/// Sends one API call; non-2xx answers are errors carrying the body.
+async fn call(
+    http: &reqwest::Client,
+    (method, url): (reqwest::Method, String),
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let mut req = http.request(method.clone(), &url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    if status.is_success() { Ok(v) } else { Err(format!("{method} {url}: {status} {v}")) }
+}
+
+/// A workflow (big purchases: emit to workflow.events, wait 1 s, tag the user),
+/// a segment (this run's buyers) and a trigger (this run's purchases of 100 or
+/// more), defined through the API and scoped to this run's users.
+async fn define_rules(http: &reqwest::Client, base: &str, key: &str, run_id: &str) -> Result<DemoRules, String> {
+    use reqwest::Method as M;
+    let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:lifecycle="https://lifecycle.dev/schema/bpmn" id="demo">
+  <bpmn:process id="big_purchase" name="Big purchase follow-up" isExecutable="true" lifecycle:maxRetries="3">
+    <bpmn:startEvent id="start"/>
+    <bpmn:sequenceFlow id="f1" sourceRef="start" targetRef="big"/>
+    <bpmn:exclusiveGateway id="big" default="small"/>
+    <bpmn:sequenceFlow id="f2" sourceRef="big" targetRef="announce">
+      <bpmn:conditionExpression>${event.event_properties.amount >= 100}</bpmn:conditionExpression>
+    </bpmn:sequenceFlow>
+    <bpmn:sequenceFlow id="small" sourceRef="big" targetRef="end"/>
+    <bpmn:serviceTask id="announce" lifecycle:type="kafka" lifecycle:topic="workflow.events"/>
+    <bpmn:sequenceFlow id="f3" sourceRef="announce" targetRef="wait"/>
+    <bpmn:intermediateCatchEvent id="wait">
+      <bpmn:timerEventDefinition><bpmn:timeDuration>PT1S</bpmn:timeDuration></bpmn:timerEventDefinition>
+    </bpmn:intermediateCatchEvent>
+    <bpmn:sequenceFlow id="f4" sourceRef="wait" targetRef="tag"/>
+    <bpmn:serviceTask id="tag" lifecycle:type="profile-update" lifecycle:attributes='{"big_spender": true}'/>
+    <bpmn:sequenceFlow id="f5" sourceRef="tag" targetRef="end"/>
+    <bpmn:endEvent id="end"/>
+  </bpmn:process>
+</bpmn:definitions>"#;
+    let wf = call(
+        http,
+        (M::POST, format!("{base}/workflows")),
+        key,
+        Some(json!({"name": format!("big purchase {run_id}"), "bpmn_xml": xml})),
+    )
+    .await?;
+    let workflow = wf["id"].as_str().unwrap_or_default().to_owned();
+    call(http, (M::PATCH, format!("{base}/workflows/{workflow}")), key, Some(json!({"status": "active"}))).await?;
+    let ours = json!({"field": "profile.user_id", "op": "contains", "value": run_id});
+    let seg = json!({"name": format!("buyers {run_id}"), "conditions": {"and": [ours, {"events": "transaction.purchase_complete", "within": "P7D", "op": "gte", "value": 1}]}});
+    let segment = call(http, (M::POST, format!("{base}/segments")), key, Some(seg)).await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let trig = json!({
+        "name": format!("big purchase {run_id}"), "event_type": "transaction.purchase_complete", "workflow_id": workflow,
+        "conditions": {"and": [{"field": "event.user_id", "op": "contains", "value": run_id},
+                               {"field": "event.event_properties.amount", "op": "gte", "value": 100}]},
+    });
+    let trigger = call(http, (M::POST, format!("{base}/triggers")), key, Some(trig)).await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!(
+        "api: workflow {workflow} (BPMN: gateway, kafka task, 1 s timer, profile update) active; segment {segment}; trigger {trigger}"
+    );
+    Ok(DemoRules { workflow, segment, trigger })
+}
+
+/// Describes what the segment, trigger and engine did (with one instance's
+/// context) and switches the demo's trigger and segment off.
+async fn report_rules(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    pool: &sqlx::PgPool,
+    r: &DemoRules,
+) -> Result<String, String> {
+    use reqwest::Method as M;
+    let q = |sql: &'static str, id: &str| {
+        let (pool, id) = (pool.clone(), id.to_owned());
+        async move { sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(&pool).await.map_err(|e| e.to_string()) }
+    };
+    let met =
+        q("SELECT count(*) FROM trigger_executions WHERE trigger_id = $1::uuid AND condition_met", &r.trigger).await?;
+    let all = q("SELECT count(*) FROM trigger_executions WHERE trigger_id = $1::uuid", &r.trigger).await?;
+    let members = q("SELECT count(*) FROM user_segment_memberships WHERE segment_id = $1::uuid", &r.segment).await?;
+    let done = q(
+        "SELECT count(*) FROM workflow_executions WHERE workflow_id = $1::uuid AND status = 'completed'",
+        &r.workflow,
+    )
+    .await?;
+    let failed =
+        q("SELECT count(*) FROM workflow_executions WHERE workflow_id = $1::uuid AND status = 'failed'", &r.workflow)
+            .await?;
+    let mut text = format!(
+        "segment: {members} users bought this week; trigger: {all} purchases evaluated, {met} of 100 or more\n\
+         workflow engine: {done} instances completed, {failed} failed (each: kafka task, 1 s timer, profile update)\n"
+    );
+    let list = call(http, (M::GET, format!("{base}/workflows/{}/instances?limit=1", r.workflow)), key, None).await?;
+    if list["data"].as_array().is_none_or(Vec::is_empty) {
+        text.push_str("no instance ran (no purchase of 100 or more in this workload)");
+    }
+    if let Some(id) = list["data"][0]["instance_id"].as_str() {
+        let i = call(http, (M::GET, format!("{base}/workflows/{}/instances/{id}", r.workflow)), key, None).await?;
+        let steps: Vec<String> = i["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("{} {}", s["node"].as_str().unwrap_or(""), s["what"].as_str().unwrap_or("")))
+            .collect();
+        text += &format!(
+            "GET /workflows/{}/instances/{id}: status {}, user {}, {} -> {}, steps: {}",
+            r.workflow,
+            i["status"],
+            i["user_id"],
+            i["start_time"],
+            i["end_time"],
+            steps.join(" | ")
+        );
+    }
+    call(http, (M::POST, format!("{base}/triggers/{}/disable", r.trigger)), key, None).await?;
+    call(http, (M::PATCH, format!("{base}/segments/{}", r.segment)), key, Some(json!({"enabled": false}))).await?;
+    Ok(text)
 }

@@ -56,12 +56,19 @@ pub async fn ingest_state(cfg: &LifecycleConfig) -> Result<IngestState, String> 
 pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
     let state = ingest_state(cfg).await?;
     let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
-    let users = lifecycle_connectors::http_users::router(lifecycle_connectors::http_users::UsersState { pool });
+    let users =
+        lifecycle_connectors::http_users::router(lifecycle_connectors::http_users::UsersState { pool: pool.clone() });
     let analytics = http_analytics::router(http_analytics::AnalyticsState::new(
         lifecycle_connectors::clickhouse::client(&cfg.clickhouse),
         cfg.analytics_api.clone(),
     ));
-    Ok(router(state, users.merge(analytics)))
+    let workflows =
+        lifecycle_connectors::http_workflows::router(lifecycle_connectors::http_workflows::WorkflowsState {
+            pool,
+            sink: state.sink.clone(),
+            events_topic: cfg.topics.name(Topic::WorkflowEvents),
+        });
+    Ok(router(state, users.merge(analytics).merge(workflows)))
 }
 
 /// Serves the REST API (ingestion and users) until `shutdown`.

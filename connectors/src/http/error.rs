@@ -78,3 +78,15 @@ pub fn body_error(rejection: axum::extract::rejection::BytesRejection, limit: us
         ApiError::new(status, "invalid_body", rejection.body_text())
     }
 }
+
+/// Reads a JSON request body: a JSON error naming `body` when it is not JSON.
+pub fn json_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let body = body.map_err(|r| body_error(r, limit))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("body is not valid JSON: {e}"))
+            .with_details(serde_json::json!({ "field": "body" }))
+    })
+}

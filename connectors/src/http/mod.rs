@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod ops;
 pub mod rate_limit;
+pub mod signature;
 
 pub use auth::{ApiKeys, Caller, Role};
 pub use error::ApiError;

@@ -12,7 +12,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::http::auth::{Access, Caller, Role};
-use crate::http::error::{ApiError, body_error};
+use crate::http::error::{ApiError, json_body};
 use crate::postgres::profiles::user_uuid;
 
 /// Handler state.
@@ -114,11 +114,7 @@ const COLUMNS: &str =
     "id, external_id, email, current_lifecycle_stage, account_status, attributes, profile, created_at, updated_at";
 
 fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(|r| body_error(r, MAX_BODY))?;
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("body is not valid JSON: {e}"))
-            .with_details(json!({ "field": "body" }))
-    })
+    json_body(body, MAX_BODY)
 }
 
 /// A validated create or update request.

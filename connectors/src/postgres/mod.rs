@@ -2,6 +2,8 @@
 
 pub mod config;
 pub mod profiles;
+pub mod rules;
+pub mod workflows;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 

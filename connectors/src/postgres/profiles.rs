@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lifecycle_pipeline::profile::{AccountStatus, Profile, Transition};
 use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::rules::RuleWrites;
 use uuid::Uuid;
 
 /// Namespace of user UUIDs (v5 of the external user id).
@@ -18,7 +20,7 @@ pub fn user_uuid(user_id: &str) -> Uuid {
 
 /// A batch transaction of the profile stage.
 pub struct ProfileTx {
-    tx: Transaction<'static, Postgres>,
+    pub(super) tx: Transaction<'static, Postgres>,
 }
 
 /// Opens a batch transaction.
@@ -87,12 +89,14 @@ impl ProfileTx {
         Ok(out)
     }
 
-    /// Writes the batch: upserted profiles, history rows, applied event ids and
-    /// the next offsets, then commits.
+    /// Writes the batch: upserted profiles, history rows, what segments and
+    /// triggers evaluated, applied event ids and the next offsets, then commits.
+    #[allow(clippy::too_many_arguments)]
     pub async fn write_and_commit(
         mut self,
         profiles: &[&Profile],
         transitions: &[Transition],
+        rules: &RuleWrites,
         applied: &[(String, String)],
         group: &str,
         topic: &str,
@@ -188,6 +192,9 @@ impl ProfileTx {
             .bind(&at)
             .execute(&mut *self.tx)
             .await?;
+        }
+        if !rules.is_empty() {
+            self.write_rules(rules).await?;
         }
         if !applied.is_empty() {
             let ids: Vec<&str> = applied.iter().map(|(e, _)| e.as_str()).collect();

@@ -5,8 +5,9 @@ pub mod analytics;
 pub(crate) mod common;
 pub mod profile;
 pub mod validate;
+pub mod workflows;
 
-use lifecycle_pipeline::metrics::{AnalyticsMetrics, ProfileMetrics, ValidateMetrics};
+use lifecycle_pipeline::metrics::{AnalyticsMetrics, ProfileMetrics, ValidateMetrics, WorkflowMetrics};
 
 /// A stage's metrics, registered in the stage's own registry.
 pub trait StageMetrics: Clone + Sized {
@@ -21,6 +22,12 @@ impl StageMetrics for ValidateMetrics {
 }
 
 impl StageMetrics for ProfileMetrics {
+    fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        Self::register(r)
+    }
+}
+
+impl StageMetrics for WorkflowMetrics {
     fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         Self::register(r)
     }

@@ -197,3 +197,30 @@ impl Sink {
         self.handle
     }
 }
+
+/// Gives the test its own PostgreSQL database (migrated) on the stack's server,
+/// for tests whose global tables (workflows, triggers, segments) must not
+/// meet other tests' rows.
+pub(crate) async fn own_database(cfg: &mut LifecycleConfig) -> sqlx::PgPool {
+    let server = lifecycle_connectors::postgres::connect(&cfg.postgres).await.expect("database server");
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&server).await.expect("create the test database");
+    server.close().await;
+    let mut url = url::Url::parse(&cfg.postgres.url).expect("postgres url");
+    url.set_path(&name);
+    cfg.postgres.url = url.to_string();
+    lifecycle_connectors::postgres::connect_and_migrate(&cfg.postgres).await.expect("migrate the test database")
+}
+
+/// Drops the database `own_database` made (connections still open are ended).
+pub(crate) async fn drop_database(cfg: &LifecycleConfig) {
+    let url = url::Url::parse(&cfg.postgres.url).expect("postgres url");
+    let name = url.path().trim_start_matches('/').to_owned();
+    let mut server = cfg.postgres.clone();
+    server.url = LifecycleConfig::default().postgres.url;
+    let pool = lifecycle_connectors::postgres::connect(&server).await.expect("database server");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .expect("drop the test database");
+}

@@ -16,6 +16,11 @@ pub(crate) struct Api {
 pub(crate) async fn start(name: &str, rpm: u32) -> Api {
     let (mut cfg, _) = test_config(name).await;
     cfg.ingest.requests_per_minute = rpm;
+    start_with(cfg).await
+}
+
+/// Serves the REST API of `cfg` on a free port.
+pub(crate) async fn start_with(cfg: lifecycle_jobs::LifecycleConfig) -> Api {
     let app = lifecycle_jobs::services::api_router(&cfg).await.expect("api");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));

@@ -14,3 +14,4 @@ mod python_client;
 mod registry;
 mod users_api;
 mod validate_stage;
+mod workflows;

@@ -23,6 +23,8 @@ pub struct ProfileConfig {
     pub dedup_window_hours: u64,
     /// Profiles kept in memory before the cache is dropped and rebuilt from PostgreSQL.
     pub max_cached_profiles: usize,
+    /// How often segment and trigger definitions are reloaded, in milliseconds.
+    pub rules_reload_ms: u64,
     /// Lifecycle stage thresholds.
     pub lifecycle: LifecycleRules,
 }
@@ -37,6 +39,7 @@ impl Default for ProfileConfig {
             rejoin_when_unassigned_secs: 20,
             dedup_window_hours: 7 * 24,
             max_cached_profiles: 200_000,
+            rules_reload_ms: 5000,
             lifecycle: LifecycleRules::default(),
         }
     }

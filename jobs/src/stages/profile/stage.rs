@@ -1,17 +1,23 @@
 //! The stage loop. Per batch, in one PostgreSQL transaction: lock the batch's
 //! partition offsets, drop records below them (applied before a restart) and
 //! repeated event ids (duplicate deliveries), apply the rest to the profiles,
-//! produce the changelog and lifecycle events, then write profiles, history,
-//! applied ids and offsets and commit. Kafka offsets are committed afterwards,
-//! best effort: PostgreSQL's offsets are the ones that count.
+//! evaluate triggers (per event) and segments (per user), produce the
+//! changelog, lifecycle events and membership changes, then write profiles,
+//! history, memberships, trigger executions and the workflow instances they
+//! start, applied ids and offsets, and commit. Workflow commands go out after
+//! the commit (the instance rows are the truth; a command only wakes the
+//! engine). Kafka offsets are committed afterwards, best effort: PostgreSQL's
+//! offsets are the ones that count.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+use lifecycle_connectors::postgres::rules::{self, MembershipChange, RuleWrites};
 use lifecycle_connectors::postgres::{self, profiles};
 use lifecycle_pipeline::metrics::ProfileMetrics;
 use lifecycle_pipeline::profile::{LifecycleRules, Profile, ScoreParams, Transition};
+use lifecycle_pipeline::rules::Rules;
 use lifecycle_pipeline::{Event, Topic};
 use lifecycle_schemas::RegistryClient;
 use sqlx::PgPool;
@@ -36,6 +42,8 @@ struct Ctx {
     topic: String,
     changelog_topic: String,
     lifecycle_topic: String,
+    segments_topic: String,
+    commands_topic: String,
     rules: LifecycleRules,
     params: ScoreParams,
     decoder: EventDecoder,
@@ -54,7 +62,7 @@ async fn apply_batch(
     pool: &PgPool,
     sink: &KafkaSink,
     cache: &HashMap<String, Profile>,
-    batch: &[Decoded],
+    (batch, segments_and_triggers): (&[Decoded], &Rules),
     m: &ProfileMetrics,
 ) -> Result<HashMap<String, Profile>, String> {
     let mut tx = profiles::begin(pool).await.map_err(|e| format!("begin: {e}"))?;
@@ -86,6 +94,7 @@ async fn apply_batch(
     let mut loaded = tx.load(&missing).await.map_err(|e| format!("load: {e}"))?;
     let mut working: HashMap<String, Profile> = HashMap::new();
     let mut transitions: Vec<Transition> = Vec::new();
+    let mut writes = RuleWrites::default();
     for e in &events {
         let p = working.entry(e.user_id.clone()).or_insert_with(|| {
             cache
@@ -96,6 +105,35 @@ async fn apply_batch(
         });
         if let Some(t) = p.apply(e, &ctx.rules, &ctx.params) {
             transitions.push(t);
+        }
+        writes.triggers.extend(segments_and_triggers.triggers(e, p));
+    }
+    if !segments_and_triggers.segments.is_empty() && !working.is_empty() {
+        let users: Vec<String> = working.keys().cloned().collect();
+        let mut before = tx.memberships(&users).await.map_err(|e| format!("memberships: {e}"))?;
+        let now = chrono::Utc::now();
+        for p in working.values() {
+            let now_in = segments_and_triggers.memberships(p, now);
+            let was = before.remove(&p.user_id).unwrap_or_default();
+            for mb in &now_in {
+                if !was.contains(&mb.segment_id) {
+                    let c = MembershipChange {
+                        user_id: p.user_id.clone(),
+                        segment_id: mb.segment_id,
+                        change: "segment.entered",
+                        at: now,
+                    };
+                    writes.changes.push(c);
+                }
+            }
+            for s in was.iter().filter(|s| !now_in.iter().any(|mb| mb.segment_id == **s)) {
+                let c =
+                    MembershipChange { user_id: p.user_id.clone(), segment_id: *s, change: "segment.exited", at: now };
+                writes.changes.push(c);
+            }
+            writes
+                .memberships
+                .push((p.user_id.clone(), now_in.iter().map(|mb| (mb.segment_id, mb.valid_until)).collect()));
         }
     }
     // Changelog and lifecycle events first: if we crash before the commit, the
@@ -123,6 +161,14 @@ async fn apply_batch(
             headers: vec![],
         });
     }
+    for c in &writes.changes {
+        out.push(OutRecord {
+            topic: ctx.segments_topic.clone(),
+            key: Some(c.user_id.as_bytes().to_vec()),
+            payload: c.to_json().to_string().into_bytes(),
+            headers: vec![],
+        });
+    }
     sink.send_all(&out).await.map_err(|e| format!("produce: {e}"))?;
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for d in batch {
@@ -131,9 +177,38 @@ async fn apply_batch(
     }
     let touched: Vec<&Profile> = working.values().collect();
     let applied: Vec<(String, String)> = events.iter().map(|e| (e.event_id.clone(), e.user_id.clone())).collect();
-    tx.write_and_commit(&touched, &transitions, &applied, &ctx.group, &ctx.topic, &next)
+    tx.write_and_commit(&touched, &transitions, &writes, &applied, &ctx.group, &ctx.topic, &next)
         .await
         .map_err(|e| format!("commit: {e}"))?;
+    let commands: Vec<OutRecord> = writes
+        .triggers
+        .iter()
+        .filter_map(|t| {
+            let (workflow_id, instance_id) = t.start?;
+            let cmd = serde_json::json!({
+                "type": "start", "instance_id": instance_id, "workflow_id": workflow_id,
+                "user_id": t.user_id, "trigger_id": t.trigger_id, "variables": t.variables,
+            });
+            Some(OutRecord {
+                topic: ctx.commands_topic.clone(),
+                key: Some(t.user_id.as_bytes().to_vec()),
+                payload: cmd.to_string().into_bytes(),
+                headers: vec![],
+            })
+        })
+        .collect();
+    if !commands.is_empty()
+        && let Err(e) = sink.send_all(&commands).await
+    {
+        // The instances are committed; the engine finds them without the command.
+        tracing::warn!(error = %e, commands = commands.len(), "workflow commands not produced");
+    }
+    for t in &writes.triggers {
+        m.trigger_evaluations.with_label_values(&[if t.met { "met" } else { "not_met" }]).inc();
+    }
+    for c in &writes.changes {
+        m.segment_changes.with_label_values(&[c.change.trim_start_matches("segment.")]).inc();
+    }
     m.events_applied.inc_by(events.len() as u64);
     for t in &transitions {
         m.transitions.with_label_values(&[t.to.as_str()]).inc();
@@ -154,6 +229,8 @@ pub async fn run(
         topic: cfg.topics.name(Topic::EventsValid),
         changelog_topic: cfg.topics.name(Topic::ProfilesChangelog),
         lifecycle_topic: cfg.topics.name(Topic::LifecycleEvents),
+        segments_topic: cfg.topics.name(Topic::SegmentMemberships),
+        commands_topic: cfg.topics.name(Topic::WorkflowCommands),
         rules: pc.lifecycle.clone(),
         params: ScoreParams::default(),
         decoder: EventDecoder::load(cfg)?,
@@ -178,6 +255,9 @@ pub async fn run(
     let mut cache: HashMap<String, Profile> = HashMap::new();
     let mut rebalances = poller.source().rebalances();
     let mut last_housekeeping = Instant::now();
+    let reload_every = Duration::from_millis(pc.rules_reload_ms);
+    let mut segments_and_triggers = Rules::default();
+    let mut rules_loaded: Option<Instant> = None;
     loop {
         let polled = poller.next(&mut shutdown).await?;
         if poller.source().rebalances() != rebalances || matches!(polled, Polled::Rejoined) {
@@ -190,6 +270,19 @@ pub async fn run(
             Polled::Rejoined => continue,
             Polled::Shutdown => break,
         };
+        if rules_loaded.is_none_or(|at| at.elapsed() >= reload_every) {
+            match rules::load_rules(&pool).await {
+                Ok(r) => {
+                    if rules_loaded.is_none() {
+                        let (segments, triggers) = (r.segments.len(), r.trigger_count());
+                        tracing::info!(segments, triggers, "segments and triggers loaded");
+                    }
+                    segments_and_triggers = r;
+                    rules_loaded = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(error = %e, "reloading segments and triggers failed; keeping the last ones"),
+            }
+        }
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
@@ -204,7 +297,7 @@ pub async fn run(
             .collect();
         let mut attempt = 0;
         let updated = loop {
-            match apply_batch(&ctx, &pool, &sink, &cache, &decoded, &m).await {
+            match apply_batch(&ctx, &pool, &sink, &cache, (&decoded, &segments_and_triggers), &m).await {
                 Ok(updated) => break updated,
                 Err(e) => {
                     m.retries.with_label_values(&["batch"]).inc();

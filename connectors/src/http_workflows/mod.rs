@@ -1,0 +1,191 @@
+//! The workflow REST API: workflow definitions (versioned BPMN), instances
+//! (execute, inspect, cancel, re-run), segments, triggers and webhook
+//! subscriptions. Reads need any role, changes need operator or admin,
+//! webhook subscriptions (which hold secrets) need admin.
+
+mod definitions;
+mod instances;
+mod rules;
+mod webhooks;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::http::error::ApiError;
+use crate::kafka::sink::KafkaSink;
+
+/// Handler state.
+#[derive(Clone)]
+pub struct WorkflowsState {
+    /// The pipeline database.
+    pub pool: PgPool,
+    /// Producer for `workflow.events` (cancellations made through the API).
+    pub sink: KafkaSink,
+    /// Real name of `workflow.events`.
+    pub events_topic: String,
+}
+
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Routes (without authentication: the caller's router adds it).
+pub fn router(state: WorkflowsState) -> Router {
+    Router::new()
+        .route("/workflows", post(definitions::create).get(definitions::list))
+        .route("/workflows/{id}", get(definitions::read).patch(definitions::update).delete(definitions::archive))
+        .route("/workflows/{id}/execute", post(instances::execute))
+        .route("/workflows/{id}/instances", get(instances::list))
+        .route("/workflows/{id}/instances/{instance_id}", get(instances::read).delete(instances::cancel))
+        .route("/workflows/{id}/instances/{instance_id}/rerun", post(instances::rerun))
+        .route("/segments", post(rules::create_segment).get(rules::list_segments))
+        .route("/segments/{id}", get(rules::read_segment).patch(rules::update_segment).delete(rules::delete_segment))
+        .route("/segments/{id}/members", get(rules::members))
+        .route("/triggers", post(rules::create_trigger).get(rules::list_triggers))
+        .route("/triggers/{id}", get(rules::read_trigger).patch(rules::update_trigger).delete(rules::delete_trigger))
+        .route("/triggers/{id}/enable", post(rules::enable_trigger))
+        .route("/triggers/{id}/disable", post(rules::disable_trigger))
+        .route("/triggers/{id}/executions", get(rules::trigger_executions))
+        .route("/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/webhooks/{id}", get(webhooks::read).delete(webhooks::remove))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "workflow API query failed");
+    ApiError::unavailable("database unavailable; retry later")
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} {id}"))
+        .with_details(json!({"field": "id", "id": id}))
+}
+
+fn path_uuid(what: &str, id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| not_found(what, id))
+}
+
+/// A JSON object body with typed, field-naming accessors.
+struct Body<'a> {
+    obj: &'a Map<String, Value>,
+}
+
+impl<'a> Body<'a> {
+    fn new(v: &'a Value, allowed: &[&str]) -> Result<Self, ApiError> {
+        let obj =
+            v.as_object().ok_or_else(|| ApiError::bad_field("body", "wrong_type", "body must be a JSON object"))?;
+        if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::bad_field(
+                k,
+                "unknown_field",
+                format!("unknown field '{k}'; allowed: {}", allowed.join(", ")),
+            ));
+        }
+        Ok(Self { obj })
+    }
+
+    fn has(&self, k: &str) -> bool {
+        self.obj.contains_key(k)
+    }
+
+    fn raw(&self, k: &str) -> Option<&'a Value> {
+        self.obj.get(k).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, k: &str, max: usize) -> Result<Option<&'a str>, ApiError> {
+        match self.raw(k) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() || s.len() > max => {
+                Err(ApiError::bad_field(k, "invalid_value", format!("{k} must be 1-{max} characters")))
+            }
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::bad_field(k, "wrong_type", format!("{k} must be a string"))),
+        }
+    }
+
+    fn required(&self, k: &str, max: usize) -> Result<&'a str, ApiError> {
+        self.string(k, max)?.ok_or_else(|| ApiError::bad_field(k, "missing_required_field", format!("{k} is required")))
+    }
+
+    fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
+        match self.raw(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::bad_field(k, "wrong_type", format!("{k} must be true or false"))),
+        }
+    }
+
+    fn uuid(&self, k: &str) -> Result<Option<Uuid>, ApiError> {
+        self.string(k, 64)?
+            .map(|s| {
+                Uuid::parse_str(s).map_err(|_| ApiError::bad_field(k, "invalid_value", format!("{k} must be a UUID")))
+            })
+            .transpose()
+    }
+
+    fn stages(&self, k: &str) -> Result<Vec<String>, ApiError> {
+        const STAGES: [&str; 5] = ["Acquisition", "Activation", "Retention", "Revenue", "Referral"];
+        match self.raw(k) {
+            None => Ok(vec![]),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v.as_str() {
+                    Some(s) if STAGES.contains(&s) => Ok(s.to_owned()),
+                    _ => Err(ApiError::bad_field(
+                        k,
+                        "invalid_value",
+                        format!("{k} items must be one of {}", STAGES.join(", ")),
+                    )),
+                })
+                .collect(),
+            Some(_) => Err(ApiError::bad_field(k, "wrong_type", format!("{k} must be a list of lifecycle stages"))),
+        }
+    }
+
+    fn url(&self, k: &str) -> Result<Option<String>, ApiError> {
+        let Some(s) = self.string(k, 2048)? else { return Ok(None) };
+        match url::Url::parse(s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(Some(s.to_owned())),
+            _ => Err(ApiError::bad_field(k, "invalid_value", format!("{k} must be an absolute http(s) URL"))),
+        }
+    }
+}
+
+/// `limit` and `offset` query values (default 100, at most 500).
+fn page(q: &std::collections::HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let num = |k: &str, default: i64, max: i64| -> Result<i64, ApiError> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (0..=max).contains(n))
+                .ok_or_else(|| ApiError::bad_field(k, "invalid_value", format!("{k} must be an integer 0-{max}"))),
+        }
+    };
+    Ok((num("limit", 100, 500)?.max(1), num("offset", 0, i64::MAX)?))
+}
+
+/// Replaces PII anywhere in `v` for callers who may not see it: `email` and
+/// `date_of_birth` everywhere, `name` inside profile documents.
+fn mask_pii(v: &mut Value, in_profile: bool) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                let pii = matches!(k.as_str(), "email" | "date_of_birth") || (in_profile && k == "name");
+                if pii && x.is_string() {
+                    *x = Value::String("***".into());
+                } else {
+                    mask_pii(x, in_profile || k == "profile");
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| mask_pii(x, in_profile)),
+        _ => {}
+    }
+}

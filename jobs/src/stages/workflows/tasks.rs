@@ -1,0 +1,160 @@
+//! What service tasks do: call an HTTP endpoint, produce to a topic, or
+//! update the user's attributes; and webhook deliveries. Every call carries
+//! the idempotency key of its execution (`{instance}:{node}:{token}`), which a
+//! retry after a crash repeats, so receivers can drop duplicates.
+
+use std::time::Duration;
+
+use lifecycle_connectors::http::signature::{SIGNATURE_HEADER, sign};
+use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+use lifecycle_connectors::postgres::workflows::Delivery;
+use lifecycle_pipeline::workflow::bpmn::TaskAction;
+use lifecycle_pipeline::{Topic, TopicNames};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What a task is executed with.
+pub(super) struct Call<'a> {
+    /// Instance id.
+    pub instance_id: Uuid,
+    /// Workflow version.
+    pub workflow_id: Uuid,
+    /// `users.id`.
+    pub user_uuid: Uuid,
+    /// External user id (the Kafka key).
+    pub user_id: &'a str,
+    /// The node.
+    pub node: &'a str,
+    /// Attempt number.
+    pub attempt: u32,
+    /// The execution's idempotency key.
+    pub key: &'a str,
+    /// Variables and results as the task sees them.
+    pub scope: &'a Value,
+}
+
+/// Shared clients.
+pub(super) struct Executor {
+    pub http: reqwest::Client,
+    pub sink: KafkaSink,
+    pub pool: PgPool,
+    pub topics: TopicNames,
+    pub signing_secret: String,
+    pub timeout: Duration,
+}
+
+/// The short name of an action (metrics labels).
+pub(super) fn action_name(a: &TaskAction) -> &'static str {
+    match a {
+        TaskAction::Http { .. } => "http",
+        TaskAction::Kafka { .. } => "kafka",
+        TaskAction::ProfileUpdate { .. } => "profile-update",
+    }
+}
+
+fn snippet(s: &str) -> String {
+    let mut end = s.len().min(300);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+impl Executor {
+    /// A topic named like one of ours (`workflow.events`) resolves through the
+    /// configured names (prefixes); any other name is used as written.
+    fn topic_name(&self, name: &str) -> String {
+        Topic::ALL.iter().find(|t| t.default_name() == name).map_or_else(|| name.to_owned(), |t| self.topics.name(*t))
+    }
+
+    /// Runs one attempt; the output is stored under the node's id in `results`.
+    pub(super) async fn execute(&self, action: &TaskAction, call: &Call<'_>) -> Result<Value, String> {
+        match action {
+            TaskAction::Http { url, method } => self.http_call(url, method, call).await,
+            TaskAction::Kafka { topic } => {
+                let name = self.topic_name(topic);
+                let payload = json!({
+                    "instance_id": call.instance_id, "workflow_id": call.workflow_id, "user_id": call.user_id,
+                    "node": call.node, "idempotency_key": call.key, "variables": call.scope,
+                });
+                let record = OutRecord {
+                    topic: name.clone(),
+                    key: Some(call.user_id.as_bytes().to_vec()),
+                    payload: payload.to_string().into_bytes(),
+                    headers: vec![("idempotency-key", call.key.as_bytes().to_vec())],
+                };
+                self.sink.send_all(&[record]).await.map_err(|e| format!("produce to {name}: {e}"))?;
+                Ok(json!({"topic": name}))
+            }
+            TaskAction::ProfileUpdate { attributes } => {
+                let done = sqlx::query(
+                    "UPDATE users SET attributes = COALESCE(attributes, '{}'::jsonb) || $2, updated_at = now() WHERE id = $1",
+                )
+                .bind(call.user_uuid)
+                .bind(Value::Object(attributes.clone()))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| format!("profile update: {e}"))?;
+                if done.rows_affected() == 0 {
+                    return Err(format!("profile update: user {} does not exist", call.user_id));
+                }
+                Ok(json!({"updated": attributes.keys().collect::<Vec<_>>()}))
+            }
+        }
+    }
+
+    async fn http_call(&self, url: &str, method: &str, call: &Call<'_>) -> Result<Value, String> {
+        let body = json!({
+            "instance_id": call.instance_id, "workflow_id": call.workflow_id, "user_id": call.user_id,
+            "node": call.node, "attempt": call.attempt, "idempotency_key": call.key, "variables": call.scope,
+        });
+        let bytes = body.to_string().into_bytes();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method}: {e}"))?;
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .timeout(self.timeout)
+            .header("content-type", "application/json")
+            .header("idempotency-key", call.key)
+            .header("x-lifecycle-instance", call.instance_id.to_string());
+        if !self.signing_secret.is_empty() {
+            let t = chrono::Utc::now().timestamp();
+            req = req.header(SIGNATURE_HEADER, sign(self.signing_secret.as_bytes(), t, &bytes));
+        }
+        let resp = req.body(bytes).send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{method} {url}: HTTP {}: {}", status.as_u16(), snippet(&text)));
+        }
+        let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(snippet(&text)));
+        Ok(json!({"status": status.as_u16(), "body": body}))
+    }
+
+    /// Makes one webhook delivery attempt.
+    pub(super) async fn deliver(&self, d: &Delivery) -> Result<(), String> {
+        let body = json!({
+            "id": d.event_id, "type": d.event_type, "created_at": chrono::Utc::now(), "data": d.payload,
+        });
+        let bytes = body.to_string().into_bytes();
+        let secret = d.secret.as_deref().unwrap_or(&self.signing_secret);
+        let mut req = self
+            .http
+            .post(&d.url)
+            .timeout(self.timeout)
+            .header("content-type", "application/json")
+            .header("x-lifecycle-event", &d.event_type)
+            .header("x-lifecycle-delivery", d.id.to_string())
+            .header("idempotency-key", d.event_id.to_string());
+        if !secret.is_empty() {
+            req = req.header(SIGNATURE_HEADER, sign(secret.as_bytes(), chrono::Utc::now().timestamp(), &bytes));
+        }
+        let resp = req.body(bytes).send().await.map_err(|e| format!("POST {}: {e}", d.url))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("POST {}: HTTP {}", d.url, resp.status().as_u16()))
+        }
+    }
+}
