@@ -530,6 +530,30 @@ async fn retries_dead_letters_reruns_cancels_and_refuses_bad_definitions() {
         api.post(&format!("/workflows/{flaky}/execute"), Some(&operator), body(json!({"user_id": "nobody"}))).await;
     assert_eq!((s, e["details"]["field"].clone()), (400, json!("user_id")));
 
+    // The OpenAPI document lists every endpoint of this API.
+    let (_, doc, _) = api.send(M::GET, "/openapi.json", None, vec![]).await;
+    for path in [
+        "/workflows",
+        "/workflows/{id}",
+        "/workflows/{id}/execute",
+        "/workflows/{id}/instances",
+        "/workflows/{id}/instances/{instance_id}",
+        "/workflows/{id}/instances/{instance_id}/rerun",
+        "/segments",
+        "/segments/{id}",
+        "/segments/{id}/members",
+        "/triggers",
+        "/triggers/{id}",
+        "/triggers/{id}/enable",
+        "/triggers/{id}/disable",
+        "/triggers/{id}/executions",
+        "/webhooks",
+        "/webhooks/{id}",
+        "/webhooks/{id}/deliveries",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi.json documents {path}");
+    }
+
     let (running, _engine) = Running::engine(&cfg);
 
     // Fails 3 times, then succeeds: completed with 3 recorded retries, all under one key.
