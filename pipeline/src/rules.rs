@@ -138,19 +138,37 @@ impl Rules {
             .collect()
     }
 
-    /// The segments `profile` belongs to at `now`.
-    pub fn memberships(&self, profile: &Profile, now: DateTime<Utc>) -> Vec<Membership> {
+    /// The segments `profile` belongs to at `now`, and when to look again if
+    /// nothing happens (the earliest window edge of any segment: members may
+    /// drop out and others come in by time passing alone).
+    pub fn memberships(&self, profile: &Profile, now: DateTime<Utc>) -> SegmentEval {
         if self.segments.is_empty() {
-            return vec![];
+            return SegmentEval::default();
         }
         let doc = json!({"profile": profile_value(profile)});
         let ctx = Context { doc: &doc, recent: &profile.recent_events, now };
-        self.segments
-            .iter()
-            .filter(|s| s.condition.eval(&ctx))
-            .map(|s| Membership { segment_id: s.id, valid_until: s.condition.horizon(&ctx) })
-            .collect()
+        let mut out = SegmentEval::default();
+        for s in &self.segments {
+            let edge = s.condition.horizon(&ctx);
+            if s.condition.eval(&ctx) {
+                out.members.push(Membership { segment_id: s.id, valid_until: edge });
+            }
+            out.recheck_at = match (out.recheck_at, edge) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        out
     }
+}
+
+/// One user's segment evaluation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentEval {
+    /// The segments the user is in.
+    pub members: Vec<Membership>,
+    /// When the answer may change without new events.
+    pub recheck_at: Option<DateTime<Utc>>,
 }
 
 /// The profile as conditions see it (without the recent-events list, which
@@ -228,12 +246,26 @@ mod tests {
         let (r, s) = (LifecycleRules::default(), ScoreParams::default());
         p.apply(&event("a", "transaction.purchase_complete", "2026-11-20T10:00:00Z", 5.0), &r, &s);
         let now: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().expect("time");
-        assert!(rules.memberships(&p, now).is_empty(), "one purchase is not enough");
+        let first = rules.memberships(&p, now);
+        assert!(first.members.is_empty(), "one purchase is not enough");
+        assert_eq!(first.recheck_at, Some("2026-11-27T10:00:00Z".parse().expect("time")), "when it leaves the window");
         p.apply(&event("b", "transaction.purchase_complete", "2026-11-22T10:00:00Z", 5.0), &r, &s);
-        let m = rules.memberships(&p, now);
+        let m = rules.memberships(&p, now).members;
         assert_eq!(m.len(), 1);
         // The older purchase leaves the 7-day window on 2026-11-27 10:00.
         assert_eq!(m[0].valid_until, Some("2026-11-27T10:00:00Z".parse().expect("time")));
-        assert!(rules.memberships(&p, "2026-11-28T00:00:00Z".parse().expect("time")).is_empty());
+        assert!(rules.memberships(&p, "2026-11-28T00:00:00Z".parse().expect("time")).members.is_empty());
+        let dormant = SegmentRule {
+            id: Uuid::from_u128(10),
+            name: "dormant".into(),
+            condition: cond(json!({"field": "profile.behavioral.last_activity", "op": "older_than", "value": "P30D"})),
+        };
+        let later = Rules::new(vec![dormant], vec![]).memberships(&p, now);
+        assert!(later.members.is_empty(), "active two days ago");
+        assert_eq!(
+            later.recheck_at,
+            Some("2026-12-22T10:00:00Z".parse().expect("time")),
+            "a non-member is looked at again"
+        );
     }
 }

@@ -79,6 +79,8 @@ pub struct RuleWrites {
     pub memberships: Vec<(String, SegmentsOf)>,
     /// Memberships that changed.
     pub changes: Vec<MembershipChange>,
+    /// When to evaluate each user's segments again without new events (none: never).
+    pub rechecks: Vec<(String, Option<DateTime<Utc>>)>,
     /// Trigger evaluations, in event order.
     pub triggers: Vec<TriggerEval>,
 }
@@ -86,7 +88,7 @@ pub struct RuleWrites {
 impl RuleWrites {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.memberships.is_empty() && self.triggers.is_empty()
+        self.memberships.is_empty() && self.triggers.is_empty() && self.rechecks.is_empty()
     }
 }
 
@@ -108,6 +110,24 @@ impl ProfileTx {
             }
         }
         Ok(out)
+    }
+
+    /// Locks up to `limit` users whose segments are due for a time-based
+    /// re-evaluation (skipping rows another instance holds); external ids.
+    pub async fn due_rechecks(&mut self, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT u.external_id FROM segment_rechecks r JOIN users u ON u.id = r.user_id \
+             WHERE r.due_at <= now() AND u.external_id IS NOT NULL ORDER BY r.due_at LIMIT $1 FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await
+    }
+
+    /// Writes what a re-evaluation found and commits.
+    pub async fn commit_rules(mut self, w: &RuleWrites) -> Result<(), sqlx::Error> {
+        self.write_rules(w).await?;
+        self.tx.commit().await
     }
 
     /// Writes memberships, trigger executions, the instances triggers start
@@ -143,6 +163,27 @@ impl ProfileTx {
             .bind(&users)
             .bind(&segs)
             .bind(&until)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !w.rechecks.is_empty() {
+            let users: Vec<Uuid> = w.rechecks.iter().map(|(u, _)| user_uuid(u)).collect();
+            let due: Vec<Option<DateTime<Utc>>> = w.rechecks.iter().map(|(_, d)| *d).collect();
+            sqlx::query(
+                "DELETE FROM segment_rechecks r USING UNNEST($1::uuid[], $2::timestamptz[]) AS v(u, d) \
+                 WHERE r.user_id = v.u AND v.d IS NULL",
+            )
+            .bind(&users)
+            .bind(&due)
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO segment_rechecks (user_id, due_at) SELECT v.u, v.d \
+                 FROM UNNEST($1::uuid[], $2::timestamptz[]) AS v(u, d) WHERE v.d IS NOT NULL \
+                 ON CONFLICT (user_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+            )
+            .bind(&users)
+            .bind(&due)
             .execute(&mut *self.tx)
             .await?;
         }

@@ -278,6 +278,16 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
         .await;
     assert_eq!(s, 201, "{seg}");
     let seg_id = seg["id"].as_str().expect("id").to_owned();
+    // Time alone moves users out of this one: active in the last 5 seconds.
+    let (s, recent, _) = api
+        .post(
+            "/segments",
+            Some(&operator),
+            body(json!({"name": "active just now", "conditions": {"field": "profile.behavioral.last_activity", "op": "within", "value": "PT5S"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{recent}");
+    let recent_id = recent["id"].as_str().expect("id").to_owned();
     let (s, trig, _) = api
         .post(
             "/triggers",
@@ -295,10 +305,11 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
 
     // Ada buys twice (the second, big purchase fires the trigger); Bob only browses.
     let p = cfg.topics.prefix.clone();
-    let (ada, bob) = (format!("{p}ada"), format!("{p}bob"));
+    let (ada, bob, cy) = (format!("{p}ada"), format!("{p}bob"), format!("{p}cy"));
     let now = chrono::Utc::now();
     let purchase = |amount: f64, order: &str| json!({"order_id": order, "amount": amount, "currency": "EUR"});
     let events = vec![
+        event(&format!("{p}e5"), &cy, "engagement.page_view", now, json!({"page": "/pricing"})),
         event(
             &format!("{p}e1"),
             &ada,
@@ -333,7 +344,7 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
     // Give the stage time to load the rules before the events arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     produce(&cfg, valid_id, &events).await;
-    assert!(eventually(60, || prof.metrics.events_applied.get() >= 4).await, "profile stage applied the events");
+    assert!(eventually(60, || prof.metrics.events_applied.get() >= 5).await, "profile stage applied the events");
 
     // One instance, started by the trigger for e4.
     let instance: String = {
@@ -381,12 +392,31 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
     let until: chrono::DateTime<chrono::Utc> = members[0].get::<Option<_>, _>(1).expect("valid_until");
     let expected_until = now - chrono::Duration::minutes(4) + chrono::Duration::days(7);
     assert!((until - expected_until).num_milliseconds().abs() < 5, "{until} vs {expected_until}");
-    let changes = json_records(&cfg, Topic::SegmentMemberships);
+    let changes: Vec<Value> = json_records(&cfg, Topic::SegmentMemberships)
+        .into_iter()
+        .filter(|c| c["segment_id"] == json!(seg_id))
+        .collect();
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(
         (changes[0]["event_type"].clone(), changes[0]["user_id"].clone()),
         (json!("segment.entered"), json!(ada))
     );
+    // Cy entered "active just now" with her event and leaves it 5 s later with no new event.
+    let of_cy = |cfg: &LifecycleConfig| -> Vec<String> {
+        json_records(cfg, Topic::SegmentMemberships)
+            .into_iter()
+            .filter(|c| c["segment_id"] == json!(recent_id))
+            .map(|c| format!("{} {}", c["event_type"].as_str().unwrap_or(""), c["user_id"].as_str().unwrap_or("")))
+            .collect()
+    };
+    assert!(eventually(30, || of_cy(&cfg).len() >= 2).await, "time moved Cy out of the segment: {:?}", of_cy(&cfg));
+    assert_eq!(of_cy(&cfg), vec![format!("segment.entered {cy}"), format!("segment.exited {cy}")]);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM user_segment_memberships WHERE segment_id = $1::uuid")
+        .bind(&recent_id)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
 
     // The instance row: the whole execution context.
     let r = sqlx::query(
@@ -452,12 +482,16 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
         "the command found the row the stage wrote"
     );
 
-    // Webhooks: segment.entered, workflow.started and workflow.completed, each signed with the subscription's secret.
-    assert!(eventually(20, || peer.calls("/hooks").len() >= 3).await, "webhooks delivered: {:?}", peer.calls("/hooks"));
+    // Webhooks: segment.entered (Ada, Cy), workflow.started and workflow.completed, signed with the secret.
+    assert!(eventually(20, || peer.calls("/hooks").len() >= 4).await, "webhooks delivered: {:?}", peer.calls("/hooks"));
     let hooks = peer.calls("/hooks");
     let mut kinds: Vec<String> = hooks.iter().filter_map(|h| h.event.clone()).collect();
     kinds.sort();
-    assert_eq!(kinds, vec!["segment.entered", "workflow.completed", "workflow.started"]);
+    assert_eq!(
+        kinds,
+        vec!["segment.entered", "segment.entered", "workflow.completed", "workflow.started"],
+        "Ada and Cy entered"
+    );
     for h in &hooks {
         let sig = h.signature.as_deref().expect("signed");
         assert!(verify(sub_secret.as_bytes(), sig, &h.body, chrono::Utc::now().timestamp(), 300));

@@ -56,6 +56,113 @@ struct Decoded {
     event: Option<Event>,
 }
 
+/// Evaluates `rules`' segments for `profiles` at wall-clock time against the
+/// memberships they had `before`: members, changes and the next recheck.
+fn evaluate_segments<'p>(
+    rules: &Rules,
+    profiles: impl Iterator<Item = &'p Profile>,
+    mut before: HashMap<String, HashSet<uuid::Uuid>>,
+    writes: &mut RuleWrites,
+) {
+    let now = chrono::Utc::now();
+    for p in profiles {
+        let eval = rules.memberships(p, now);
+        let was = before.remove(&p.user_id).unwrap_or_default();
+        let change = |segment_id, change| MembershipChange { user_id: p.user_id.clone(), segment_id, change, at: now };
+        for mb in eval.members.iter().filter(|mb| !was.contains(&mb.segment_id)) {
+            writes.changes.push(change(mb.segment_id, "segment.entered"));
+        }
+        for s in was.iter().filter(|s| !eval.members.iter().any(|mb| mb.segment_id == **s)) {
+            writes.changes.push(change(*s, "segment.exited"));
+        }
+        writes
+            .memberships
+            .push((p.user_id.clone(), eval.members.iter().map(|mb| (mb.segment_id, mb.valid_until)).collect()));
+        writes.rechecks.push((p.user_id.clone(), eval.recheck_at));
+    }
+}
+
+/// The `segments.memberships` records of `changes`.
+fn membership_records(topic: &str, changes: &[MembershipChange]) -> Vec<OutRecord> {
+    changes
+        .iter()
+        .map(|c| OutRecord {
+            topic: topic.to_owned(),
+            key: Some(c.user_id.as_bytes().to_vec()),
+            payload: c.to_json().to_string().into_bytes(),
+            headers: vec![],
+        })
+        .collect()
+}
+
+/// Users re-evaluated per recheck transaction.
+const RECHECK_BATCH: i64 = 1000;
+
+/// Re-evaluates the segments of users whose window edge has passed without
+/// new events (at most `RECHECK_BATCH` per call); returns how many were looked at.
+async fn recheck_segments(
+    topic: &str,
+    pool: &PgPool,
+    sink: &KafkaSink,
+    rules: &Rules,
+    m: &ProfileMetrics,
+) -> Result<usize, String> {
+    let mut tx = profiles::begin(pool).await.map_err(|e| format!("begin: {e}"))?;
+    let users = tx.due_rechecks(RECHECK_BATCH).await.map_err(|e| format!("due rechecks: {e}"))?;
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let loaded = tx.load(&users).await.map_err(|e| format!("load: {e}"))?;
+    let before = tx.memberships(&users).await.map_err(|e| format!("memberships: {e}"))?;
+    let mut writes = RuleWrites::default();
+    evaluate_segments(rules, loaded.values(), before, &mut writes);
+    sink.send_all(&membership_records(topic, &writes.changes)).await.map_err(|e| format!("produce: {e}"))?;
+    tx.commit_rules(&writes).await.map_err(|e| format!("commit: {e}"))?;
+    for c in &writes.changes {
+        m.segment_changes.with_label_values(&[c.change.trim_start_matches("segment.")]).inc();
+    }
+    Ok(users.len())
+}
+
+/// Every `every`, re-evaluates the segments of users whose window edge
+/// passed, whether or not events arrive; stops with the stage.
+async fn sweep_segments(
+    (pool, sink, m): (PgPool, KafkaSink, ProfileMetrics),
+    topic: String,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let rules = match rules::load_rules(&pool).await {
+            Ok(r) if !r.segments.is_empty() => r,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "segment recheck: loading segments failed");
+                continue;
+            }
+        };
+        loop {
+            match recheck_segments(&topic, &pool, &sink, &rules, &m).await {
+                Ok(n) if n as i64 == RECHECK_BATCH => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(users = n, "segments re-evaluated at their window edge");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "segment recheck failed; retried later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Applies one batch in one transaction; returns the updated profiles to cache.
 async fn apply_batch(
     ctx: &Ctx,
@@ -110,31 +217,8 @@ async fn apply_batch(
     }
     if !segments_and_triggers.segments.is_empty() && !working.is_empty() {
         let users: Vec<String> = working.keys().cloned().collect();
-        let mut before = tx.memberships(&users).await.map_err(|e| format!("memberships: {e}"))?;
-        let now = chrono::Utc::now();
-        for p in working.values() {
-            let now_in = segments_and_triggers.memberships(p, now);
-            let was = before.remove(&p.user_id).unwrap_or_default();
-            for mb in &now_in {
-                if !was.contains(&mb.segment_id) {
-                    let c = MembershipChange {
-                        user_id: p.user_id.clone(),
-                        segment_id: mb.segment_id,
-                        change: "segment.entered",
-                        at: now,
-                    };
-                    writes.changes.push(c);
-                }
-            }
-            for s in was.iter().filter(|s| !now_in.iter().any(|mb| mb.segment_id == **s)) {
-                let c =
-                    MembershipChange { user_id: p.user_id.clone(), segment_id: *s, change: "segment.exited", at: now };
-                writes.changes.push(c);
-            }
-            writes
-                .memberships
-                .push((p.user_id.clone(), now_in.iter().map(|mb| (mb.segment_id, mb.valid_until)).collect()));
-        }
+        let before = tx.memberships(&users).await.map_err(|e| format!("memberships: {e}"))?;
+        evaluate_segments(segments_and_triggers, working.values(), before, &mut writes);
     }
     // Changelog and lifecycle events first: if we crash before the commit, the
     // batch is applied again and they are produced again (same keys and ids).
@@ -161,14 +245,7 @@ async fn apply_batch(
             headers: vec![],
         });
     }
-    for c in &writes.changes {
-        out.push(OutRecord {
-            topic: ctx.segments_topic.clone(),
-            key: Some(c.user_id.as_bytes().to_vec()),
-            payload: c.to_json().to_string().into_bytes(),
-            headers: vec![],
-        });
-    }
+    out.extend(membership_records(&ctx.segments_topic, &writes.changes));
     sink.send_all(&out).await.map_err(|e| format!("produce: {e}"))?;
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for d in batch {
@@ -258,6 +335,12 @@ pub async fn run(
     let reload_every = Duration::from_millis(pc.rules_reload_ms);
     let mut segments_and_triggers = Rules::default();
     let mut rules_loaded: Option<Instant> = None;
+    let sweeper = tokio::spawn(sweep_segments(
+        (pool.clone(), sink.clone(), m.clone()),
+        ctx.segments_topic.clone(),
+        reload_every,
+        shutdown.clone(),
+    ));
     loop {
         let polled = poller.next(&mut shutdown).await?;
         if poller.source().rebalances() != rebalances || matches!(polled, Polled::Rejoined) {
@@ -283,6 +366,7 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "reloading segments and triggers failed; keeping the last ones"),
             }
         }
+
         let started = Instant::now();
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
@@ -329,6 +413,7 @@ pub async fn run(
             }
         }
     }
+    let _ = sweeper.await;
     tracing::info!("profile stage stopped");
     Ok(())
 }
