@@ -4,6 +4,10 @@
 -- instance references the exact version it runs, so editing a workflow never
 -- changes running instances.
 ALTER TABLE workflows ADD COLUMN version_number INT NOT NULL DEFAULT 1;
+-- Rows written before versioning: number each name's rows by creation time.
+UPDATE workflows w SET version_number = v.n
+FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY created_at, id) AS n FROM workflows) v
+WHERE w.id = v.id;
 ALTER TABLE workflows ADD COLUMN max_retries INT NOT NULL DEFAULT 3;
 ALTER TABLE workflows ADD CONSTRAINT workflows_name_version UNIQUE (name, version_number);
 

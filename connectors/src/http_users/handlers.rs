@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
-use crate::postgres::profiles::user_uuid;
+use crate::postgres::profiles::{resolve_user as resolve, user_uuid};
 
 /// Handler state.
 #[derive(Clone)]
@@ -45,11 +45,6 @@ fn db_error(e: sqlx::Error) -> ApiError {
     }
     tracing::error!(error = %e, "users query failed");
     ApiError::unavailable("database unavailable; retry later")
-}
-
-/// `{id}` as users.id: a UUID, else the UUID of the external user id.
-fn resolve(id: &str) -> Uuid {
-    Uuid::parse_str(id).unwrap_or_else(|_| user_uuid(id))
 }
 
 fn mask(s: &str) -> String {

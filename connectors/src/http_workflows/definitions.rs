@@ -107,13 +107,10 @@ pub(super) async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
-    if let Some(k) = q.keys().find(|k| !["name", "status", "limit", "offset"].contains(&k.as_str())) {
-        return Err(ApiError::bad_field(k, "unknown_parameter", format!("unknown parameter '{k}'")));
-    }
     if let Some(st) = q.get("status").filter(|st| !STATUSES.contains(&st.as_str())) {
         return Err(ApiError::bad_field("status", "invalid_value", format!("unknown status '{st}'")));
     }
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page(&q, &["name", "status"])?;
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM workflows WHERE ($1::text IS NULL OR name = $1) AND ($2::text IS NULL OR status = $2) \
          ORDER BY name, version_number DESC LIMIT $3 OFFSET $4"

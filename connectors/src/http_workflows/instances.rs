@@ -1,5 +1,6 @@
 //! `POST /workflows/{id}/execute`, `GET /workflows/{id}/instances[/{instance_id}]`,
-//! `DELETE` (cancel) and `POST .../rerun` (resolve an incident).
+//! `DELETE` (cancel), `POST .../pause`, `POST .../resume` and `POST .../rerun`
+//! (resolve an incident).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,9 +23,9 @@ use super::{Body, MAX_BODY, WorkflowsState, db_error, mask_pii, not_found, page,
 use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
 use crate::kafka::sink::OutRecord;
-use crate::postgres::profiles::user_uuid;
+use crate::postgres::profiles::resolve_user;
 use crate::postgres::rules::enqueue_webhooks;
-use crate::postgres::workflows::{self as store, NewInstance, StartError};
+use crate::postgres::workflows::{self as store, NewInstance, StartError, enqueue_callback};
 
 const COLUMNS: &str = "e.id, e.workflow_id, e.user_id, u.external_id, e.status, e.current_node_id, e.started_at, \
     e.completed_at, e.updated_at, e.variables, e.state, e.error_type, e.error_message, e.failed_step, e.stack_trace, \
@@ -142,7 +143,7 @@ pub(super) async fn execute(
     let n = NewInstance {
         id: b.uuid("instance_id")?.unwrap_or_else(Uuid::new_v4),
         workflow_id: wf_id,
-        user_id: Uuid::parse_str(user).unwrap_or_else(|_| user_uuid(user)),
+        user_id: resolve_user(user),
         variables: Value::Object(variables),
         callback_url: b.url("callback_url")?,
         trigger_id: None,
@@ -157,8 +158,21 @@ pub(super) async fn execute(
         Err(StartError::NoUser(_)) => {
             return Err(ApiError::bad_field("user_id", "unknown_user", format!("user '{user}' does not exist")));
         }
+        Err(e @ StartError::BadReference(_)) => return Err(ApiError::internal(e.to_string())),
         Err(StartError::Db(e)) => return Err(db_error(e)),
     };
+    if !created {
+        // A repeated instance_id: it must be this workflow's.
+        let owner: Option<Uuid> = sqlx::query_scalar("SELECT workflow_id FROM workflow_executions WHERE id = $1")
+            .bind(n.id)
+            .fetch_optional(&s.pool)
+            .await
+            .map_err(db_error)?;
+        if owner != Some(wf_id) {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "instance_id belongs to another workflow")
+                .with_details(json!({"field": "instance_id"})));
+        }
+    }
     // Optionally wait for the outcome; otherwise the status is "pending" and the
     // outcome arrives by callback or polling.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
@@ -184,14 +198,11 @@ pub(super) async fn list(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
     let wf_id = path_uuid("workflow", &wf)?;
-    if let Some(k) = q.keys().find(|k| !["status", "limit", "offset"].contains(&k.as_str())) {
-        return Err(ApiError::bad_field(k, "unknown_parameter", format!("unknown parameter '{k}'")));
-    }
     const STATUSES: [&str; 6] = ["pending", "running", "paused", "completed", "failed", "cancelled"];
     if let Some(st) = q.get("status").filter(|st| !STATUSES.contains(&st.as_str())) {
         return Err(ApiError::bad_field("status", "invalid_value", format!("unknown status '{st}'")));
     }
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page(&q, &["status"])?;
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM {FROM} WHERE e.workflow_id = $1 AND ($2::text IS NULL OR e.status = $2) \
          ORDER BY e.started_at DESC, e.id LIMIT $3 OFFSET $4"
@@ -268,12 +279,7 @@ pub(super) async fn cancel(
     }
     enqueue_webhooks(&mut tx, &["workflow.cancelled"], std::slice::from_ref(&event)).await.map_err(db_error)?;
     if let Some(url) = row.get::<Option<String>, _>("callback_url") {
-        sqlx::query("INSERT INTO webhook_deliveries (url, event_type, event_id, payload) VALUES ($1, 'workflow.cancelled', gen_random_uuid(), $2)")
-            .bind(url)
-            .bind(&event)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        enqueue_callback(&mut tx, &url, "workflow.cancelled", &event).await.map_err(db_error)?;
     }
     tx.commit().await.map_err(db_error)?;
     let record = OutRecord {
@@ -304,8 +310,18 @@ pub(super) async fn rerun(
     };
     let Some(mut inst) = inst.filter(|_| status == "failed") else { return Err(not_failed()) };
     let def = store::definition(&s.pool, wf_id).await.map_err(db_error)?.ok_or_else(|| not_found("workflow", &wf))?;
-    let process = Process::parse(&def.bpmn_xml).map_err(|e| ApiError::internal(format!("stored BPMN: {e}")))?;
+    let process = Process::parse(&def.bpmn_xml).map_err(|e| {
+        ApiError::new(StatusCode::CONFLICT, "invalid_definition", format!("the workflow's BPMN no longer parses: {e}"))
+            .with_details(json!({"field": "bpmn_xml"}))
+    })?;
     inst.rerun(&process, Utc::now());
+    if inst.status != lifecycle_pipeline::workflow::instance::Status::Running {
+        // It fails (or ends) again at once, e.g. a gateway condition that cannot be
+        // evaluated with these variables: nothing is changed.
+        let why = inst.failure.as_ref().map(|f| format!("{}: {}", f.error_type, f.error_message)).unwrap_or_default();
+        return Err(ApiError::new(StatusCode::CONFLICT, "rerun_fails", format!("a re-run would end at once ({why})"))
+            .with_details(json!({"field": "instance_id"})));
+    }
     let done = sqlx::query(
         "UPDATE workflow_executions SET status = 'running', state = $2, current_node_id = $3, error_type = NULL, \
          error_message = NULL, failed_step = NULL, stack_trace = NULL, completed_at = NULL, wake_at = now(), \
@@ -322,4 +338,56 @@ pub(super) async fn rerun(
     }
     let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
     Ok((StatusCode::ACCEPTED, Json(instance_json(&row, &caller, false))).into_response())
+}
+
+/// Moves an instance from one of `from` to `to` (pause and resume); the engine
+/// drops a paused instance at its next save and does not claim it.
+async fn transition(
+    s: &WorkflowsState,
+    caller: &Caller,
+    (wf, id): (&str, &str),
+    from: &[&str],
+    to: &str,
+) -> Result<Response, ApiError> {
+    caller.require(Access::Write)?;
+    let (wf_id, iid) = (path_uuid("workflow", wf)?, path_uuid("instance", id)?);
+    let row = fetch(s, wf_id, iid).await?.ok_or_else(|| not_found("instance", id))?;
+    let status: String = row.get("status");
+    let from: Vec<String> = from.iter().map(|f| (*f).to_owned()).collect();
+    let done = sqlx::query(
+        "UPDATE workflow_executions SET status = $2, updated_at = now(), lease_owner = NULL, lease_until = NULL, \
+         wake_at = CASE WHEN $2 = 'running' THEN now() ELSE wake_at END WHERE id = $1 AND status = ANY($3)",
+    )
+    .bind(iid)
+    .bind(to)
+    .bind(&from)
+    .execute(&s.pool)
+    .await
+    .map_err(db_error)?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_transition",
+            format!("the instance is {status}; only {} instances can become {to}", from.join(" or ")),
+        )
+        .with_details(json!({"field": "instance_id", "status": status})));
+    }
+    let row = fetch(s, wf_id, iid).await?.ok_or_else(|| not_found("instance", id))?;
+    Ok(Json(instance_json(&row, caller, false)).into_response())
+}
+
+pub(super) async fn pause(
+    State(s): State<WorkflowsState>,
+    Extension(caller): Extension<Caller>,
+    Path((wf, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    transition(&s, &caller, (&wf, &id), &["pending", "running"], "paused").await
+}
+
+pub(super) async fn resume(
+    State(s): State<WorkflowsState>,
+    Extension(caller): Extension<Caller>,
+    Path((wf, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    transition(&s, &caller, (&wf, &id), &["paused"], "running").await
 }

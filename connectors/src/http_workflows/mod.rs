@@ -41,6 +41,8 @@ pub fn router(state: WorkflowsState) -> Router {
         .route("/workflows/{id}/instances", get(instances::list))
         .route("/workflows/{id}/instances/{instance_id}", get(instances::read).delete(instances::cancel))
         .route("/workflows/{id}/instances/{instance_id}/rerun", post(instances::rerun))
+        .route("/workflows/{id}/instances/{instance_id}/pause", post(instances::pause))
+        .route("/workflows/{id}/instances/{instance_id}/resume", post(instances::resume))
         .route("/segments", post(rules::create_segment).get(rules::list_segments))
         .route("/segments/{id}", get(rules::read_segment).patch(rules::update_segment).delete(rules::delete_segment))
         .route("/segments/{id}/members", get(rules::members))
@@ -156,8 +158,12 @@ impl<'a> Body<'a> {
     }
 }
 
-/// `limit` and `offset` query values (default 100, at most 500).
-fn page(q: &std::collections::HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+/// `limit` and `offset` query values (default 100, at most 500); any
+/// parameter besides those and `extra` is a 400 naming it.
+fn page(q: &std::collections::HashMap<String, String>, extra: &[&str]) -> Result<(i64, i64), ApiError> {
+    if let Some(k) = q.keys().find(|k| !["limit", "offset"].contains(&k.as_str()) && !extra.contains(&k.as_str())) {
+        return Err(ApiError::bad_field(k, "unknown_parameter", format!("unknown parameter '{k}'")));
+    }
     let num = |k: &str, default: i64, max: i64| -> Result<i64, ApiError> {
         match q.get(k) {
             None => Ok(default),
@@ -172,7 +178,7 @@ fn page(q: &std::collections::HashMap<String, String>) -> Result<(i64, i64), Api
 }
 
 /// Replaces PII anywhere in `v` for callers who may not see it: `email` and
-/// `date_of_birth` everywhere, `name` inside profile documents.
+/// `date_of_birth` everywhere, `name` inside profiles and event properties.
 fn mask_pii(v: &mut Value, in_profile: bool) {
     match v {
         Value::Object(o) => {
@@ -181,7 +187,7 @@ fn mask_pii(v: &mut Value, in_profile: bool) {
                 if pii && x.is_string() {
                     *x = Value::String("***".into());
                 } else {
-                    mask_pii(x, in_profile || k == "profile");
+                    mask_pii(x, in_profile || k == "profile" || k == "event_properties");
                 }
             }
         }

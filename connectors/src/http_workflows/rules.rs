@@ -34,13 +34,6 @@ fn condition(b: &Body<'_>, required: bool) -> Result<Option<Value>, ApiError> {
     }
 }
 
-fn no_unknown_params(q: &HashMap<String, String>) -> Result<(), ApiError> {
-    match q.keys().find(|k| !["limit", "offset"].contains(&k.as_str())) {
-        Some(k) => Err(ApiError::bad_field(k, "unknown_parameter", format!("unknown parameter '{k}'"))),
-        None => Ok(()),
-    }
-}
-
 // ---- segments ----
 
 const SEGMENT_COLUMNS: &str = "s.id, s.name, s.description, s.conditions, s.lifecycle_stages, s.enabled, s.created_at, s.updated_at, \
@@ -102,8 +95,7 @@ pub(super) async fn list_segments(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
-    no_unknown_params(&q)?;
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page(&q, &[])?;
     let rows = sqlx::query(&format!(
         "SELECT {SEGMENT_COLUMNS} FROM user_segments s ORDER BY s.created_at, s.id LIMIT $1 OFFSET $2"
     ))
@@ -183,10 +175,9 @@ pub(super) async fn members(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
-    no_unknown_params(&q)?;
     let uuid = path_uuid("segment", &id)?;
     segment_row(&s, uuid, &id).await?;
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page(&q, &[])?;
     let rows = sqlx::query(
         "SELECT u.external_id, m.user_id, m.evaluated_at, m.valid_until FROM user_segment_memberships m \
          JOIN users u ON u.id = m.user_id WHERE m.segment_id = $1 ORDER BY m.evaluated_at DESC, m.user_id LIMIT $2 OFFSET $3",
@@ -304,8 +295,7 @@ pub(super) async fn list_triggers(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
-    no_unknown_params(&q)?;
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page(&q, &[])?;
     let rows =
         sqlx::query(&format!("SELECT {TRIGGER_COLUMNS} FROM triggers ORDER BY created_at, id LIMIT $1 OFFSET $2"))
             .bind(limit)
@@ -421,10 +411,9 @@ pub(super) async fn trigger_executions(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
-    no_unknown_params(&q)?;
     let uuid = path_uuid("trigger", &id)?;
     trigger_row(&s, uuid, &id).await?;
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page(&q, &[])?;
     let rows = sqlx::query(
         "SELECT t.id, u.external_id, t.event_id, t.condition_met, t.workflow_execution_id, t.executed_at, t.event_data \
          FROM trigger_executions t LEFT JOIN users u ON u.id = t.user_id WHERE t.trigger_id = $1 \

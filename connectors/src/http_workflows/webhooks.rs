@@ -133,10 +133,7 @@ pub(super) async fn deliveries(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Admin)?;
-    if let Some(k) = q.keys().find(|k| !["limit", "offset"].contains(&k.as_str())) {
-        return Err(ApiError::bad_field(k, "unknown_parameter", format!("unknown parameter '{k}'")));
-    }
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page(&q, &[])?;
     let rows = sqlx::query(
         "SELECT id, event_type, event_id, status, attempts, last_error, created_at, delivered_at, next_attempt_at \
          FROM webhook_deliveries WHERE subscription_id = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",

@@ -18,6 +18,11 @@ pub fn user_uuid(user_id: &str) -> Uuid {
     Uuid::new_v5(&USER_NAMESPACE, user_id.as_bytes())
 }
 
+/// `users.id` of an API or command `user_id`: a UUID as is, else the UUID of the external id.
+pub fn resolve_user(id: &str) -> Uuid {
+    Uuid::parse_str(id).unwrap_or_else(|_| user_uuid(id))
+}
+
 /// A batch transaction of the profile stage.
 pub struct ProfileTx {
     pub(super) tx: Transaction<'static, Postgres>,

@@ -93,12 +93,19 @@ impl RuleWrites {
 }
 
 impl ProfileTx {
-    /// Current segment memberships of `user_ids` (external ids).
+    /// Current memberships of `user_ids` (external ids) in enabled segments;
+    /// locks those users' rows for the rest of the transaction.
     pub async fn memberships(&mut self, user_ids: &[String]) -> Result<HashMap<String, HashSet<Uuid>>, sqlx::Error> {
         let uuids: Vec<Uuid> = user_ids.iter().map(|u| user_uuid(u)).collect();
+        // Lock the users first, in one order: the segment sweeper locks them too,
+        // so the two never evaluate one user at once.
+        sqlx::query("SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&uuids)
+            .execute(&mut *self.tx)
+            .await?;
         let rows = sqlx::query(
             "SELECT u.external_id, m.segment_id FROM user_segment_memberships m JOIN users u ON u.id = m.user_id \
-             WHERE m.user_id = ANY($1)",
+             JOIN user_segments g ON g.id = m.segment_id AND g.enabled WHERE m.user_id = ANY($1)",
         )
         .bind(&uuids)
         .fetch_all(&mut *self.tx)
@@ -117,7 +124,8 @@ impl ProfileTx {
     pub async fn due_rechecks(&mut self, limit: i64) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT u.external_id FROM segment_rechecks r JOIN users u ON u.id = r.user_id \
-             WHERE r.due_at <= now() AND u.external_id IS NOT NULL ORDER BY r.due_at LIMIT $1 FOR UPDATE OF r SKIP LOCKED",
+             WHERE r.due_at <= now() AND u.external_id IS NOT NULL ORDER BY r.due_at LIMIT $1 \
+             FOR UPDATE OF r, u SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *self.tx)
@@ -145,7 +153,8 @@ impl ProfileTx {
                 }
             }
             sqlx::query(
-                "DELETE FROM user_segment_memberships m WHERE m.user_id = ANY($1) \
+                "DELETE FROM user_segment_memberships m USING user_segments g WHERE m.user_id = ANY($1) \
+                 AND g.id = m.segment_id AND g.enabled \
                  AND NOT EXISTS (SELECT 1 FROM UNNEST($2::uuid[], $3::uuid[]) AS v(u, s) \
                                  WHERE v.u = m.user_id AND v.s = m.segment_id)",
             )

@@ -74,6 +74,9 @@ pub enum StartError {
     /// No such user.
     #[error("user {0} does not exist")]
     NoUser(Uuid),
+    /// Another reference (e.g. `trigger_id`) names nothing.
+    #[error("a reference names nothing: {0}")]
+    BadReference(String),
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -104,7 +107,14 @@ pub async fn insert_instance(pool: &PgPool, n: &NewInstance) -> Result<bool, Sta
     .await;
     match done {
         Ok(d) => Ok(d.rows_affected() == 1),
-        Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23503") => Err(StartError::NoUser(n.user_id)),
+        Err(sqlx::Error::Database(d))
+            if d.code().as_deref() == Some("23503") && d.constraint().is_some_and(|c| c.contains("user")) =>
+        {
+            Err(StartError::NoUser(n.user_id))
+        }
+        Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23503") => {
+            Err(StartError::BadReference(d.constraint().unwrap_or("foreign key").to_owned()))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -293,17 +303,43 @@ pub async fn save(pool: &PgPool, owner: &str, lease: Duration, s: &Save) -> Resu
         enqueue_webhooks(&mut tx, &types, &payloads).await?;
     }
     if let Some((url, event_type, payload)) = &s.callback {
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (url, event_type, event_id, payload) VALUES ($1, $2, gen_random_uuid(), $3)",
-        )
-        .bind(url)
-        .bind(event_type)
-        .bind(payload)
-        .execute(&mut *tx)
-        .await?;
+        enqueue_callback(&mut tx, url, event_type, payload).await?;
     }
     tx.commit().await?;
     Ok(true)
+}
+
+/// After an engine error on an instance: give the lease up and look again in `delay`.
+pub async fn back_off(pool: &PgPool, id: Uuid, owner: &str, delay: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE workflow_executions SET lease_owner = NULL, lease_until = NULL, \
+           wake_at = now() + make_interval(secs => $3) WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(secs(delay))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Queues a delivery of `payload` to an instance's callback URL (signed with
+/// the engine's secret).
+pub async fn enqueue_callback(
+    conn: &mut sqlx::PgConnection,
+    url: &str,
+    event_type: &str,
+    payload: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (url, event_type, event_id, payload) VALUES ($1, $2, gen_random_uuid(), $3)",
+    )
+    .bind(url)
+    .bind(event_type)
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Gives up every lease `owner` holds (a clean shutdown).

@@ -507,6 +507,17 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
     let (s, m, _) = api.send(M::GET, &format!("/segments/{seg_id}/members"), Some(&operator), vec![]).await;
     assert_eq!((s, m["data"][0]["user_id"].clone()), (200, json!(ada)));
 
+    // A disabled segment keeps its memberships while Ada's next events are applied.
+    let (s, _, _) =
+        api.send(M::PATCH, &format!("/segments/{seg_id}"), Some(&operator), body(json!({"enabled": false}))).await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = event(&format!("{p}e6"), &ada, "engagement.page_view", chrono::Utc::now(), json!({"page": "/"}));
+    produce(&cfg, valid_id, &[later]).await;
+    assert!(eventually(30, || prof.metrics.events_applied.get() >= 6).await);
+    let (_, m, _) = api.send(M::GET, &format!("/segments/{seg_id}/members"), Some(&operator), vec![]).await;
+    assert_eq!(m["data"].as_array().map(Vec::len), Some(1), "membership kept: {m}");
+
     running.stop().await;
     pool.close().await;
     drop_database(&cfg).await;
@@ -573,6 +584,8 @@ async fn retries_dead_letters_reruns_cancels_and_refuses_bad_definitions() {
         "/workflows/{id}/instances",
         "/workflows/{id}/instances/{instance_id}",
         "/workflows/{id}/instances/{instance_id}/rerun",
+        "/workflows/{id}/instances/{instance_id}/pause",
+        "/workflows/{id}/instances/{instance_id}/resume",
         "/segments",
         "/segments/{id}",
         "/segments/{id}/members",
@@ -610,6 +623,16 @@ async fn retries_dead_letters_reruns_cancels_and_refuses_bad_definitions() {
     let keys: HashSet<Option<String>> = peer.calls("/flaky/a").into_iter().map(|c| c.key).collect();
     assert_eq!(keys.len(), 1, "retries repeat the execution's idempotency key");
     assert_eq!(peer.calls("/flaky/a").len(), 4);
+    // An instance id is one workflow's: reusing it elsewhere is a conflict.
+    api.send(M::PATCH, &format!("/workflows/{draft}"), Some(&operator), body(json!({"status": "active"}))).await;
+    let (s, e, _) = api
+        .post(
+            &format!("/workflows/{draft}/execute"),
+            Some(&operator),
+            body(json!({"user_id": "wf-user", "instance_id": id})),
+        )
+        .await;
+    assert_eq!((s, e["details"]["field"].clone()), (409, json!("instance_id")), "{e}");
 
     // Always failing: after max retries the instance fails, lands in workflow.dlq, and re-runs.
     peer.broken.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -641,6 +664,34 @@ async fn retries_dead_letters_reruns_cancels_and_refuses_bad_definitions() {
     assert_ne!(calls[3].key, calls[0].key, "a re-run is a new execution with a new key");
     let (s, _, _) = api.post(&format!("/workflows/{broken}/instances/{id}/rerun"), Some(&operator), vec![]).await;
     assert_eq!(s, 409, "only failed instances re-run");
+
+    // Pause an instance during its timer: nothing runs until it is resumed.
+    let later = bpmn(
+        &format!(
+            r#"<bpmn:startEvent id="start"/><bpmn:sequenceFlow id="f1" sourceRef="start" targetRef="wait"/>
+    <bpmn:intermediateCatchEvent id="wait"><bpmn:timerEventDefinition><bpmn:timeDuration>PT1S</bpmn:timeDuration></bpmn:timerEventDefinition></bpmn:intermediateCatchEvent>
+    <bpmn:sequenceFlow id="f2" sourceRef="wait" targetRef="call"/>
+    <bpmn:serviceTask id="call" lifecycle:type="http" lifecycle:url="{peer_url}/after-pause"/>
+    <bpmn:sequenceFlow id="f3" sourceRef="call" targetRef="end"/><bpmn:endEvent id="end"/>"#
+        ),
+        1,
+    );
+    let pausable = active_workflow(&api, &operator, "pausable", &later).await;
+    let (_, started, _) =
+        api.post(&format!("/workflows/{pausable}/execute"), Some(&operator), body(json!({"user_id": "wf-user"}))).await;
+    let id = started["instance_id"].as_str().expect("id").to_owned();
+    wait_status(&pool, &id, "running", 10).await;
+    let (s, p, _) = api.post(&format!("/workflows/{pausable}/instances/{id}/pause"), Some(&operator), vec![]).await;
+    assert_eq!((s, p["status"].clone()), (200, json!("paused")), "{p}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(peer.calls("/after-pause").is_empty(), "a paused instance's timer does not move it on");
+    assert_eq!(status_of(&pool, &id).await, "paused");
+    let (s, _, _) = api.post(&format!("/workflows/{pausable}/instances/{id}/pause"), Some(&operator), vec![]).await;
+    assert_eq!(s, 409, "already paused");
+    let (s, r, _) = api.post(&format!("/workflows/{pausable}/instances/{id}/resume"), Some(&operator), vec![]).await;
+    assert_eq!((s, r["status"].clone()), (200, json!("running")), "{r}");
+    wait_status(&pool, &id, "completed", 10).await;
+    assert_eq!(peer.calls("/after-pause").len(), 1);
 
     // Cancel a waiting instance; a second cancel is a conflict.
     let waits = bpmn(

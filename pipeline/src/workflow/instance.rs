@@ -416,6 +416,9 @@ impl Instance {
         outcome: Result<Value, String>,
         (now, policy, jitter): (DateTime<Utc>, RetryPolicy, f64),
     ) -> Vec<Effect> {
+        if self.status != Status::Running {
+            return vec![]; // the instance failed (another branch) or was cancelled meanwhile
+        }
         let Some(i) = self.tokens.iter().position(|t| t.id == token) else {
             return vec![]; // a late report for a token already gone (cancelled or re-run)
         };
@@ -599,6 +602,28 @@ mod tests {
         assert_ne!(again[0].0, token, "a re-run is a new execution with a new idempotency key");
         assert_eq!(again[0].2, 1, "with a fresh retry budget");
         assert_eq!(i.status, Status::Running);
+        Ok(())
+    }
+
+    #[test]
+    fn once_failed_the_other_branch_reports_nothing_and_a_rerun_repeats_it() -> Result<(), String> {
+        let p = Process::parse(PURCHASE_FOLLOW_UP).map_err(|e| e.to_string())?;
+        let mut i = Instance::start(&p, vars(150.0), t(0));
+        let thank = executes(&i.advance(&p, t(0)))[0].0;
+        i.task_done(&p, thank, Ok(json!({})), (t(1), RetryPolicy::default(), NO_JITTER));
+        let forked = executes(&i.advance(&p, t(3)));
+        let id_of = |n: &str| forked.iter().find(|e| e.1 == n).map(|e| e.0).unwrap_or_default();
+        let (tag, emit) = (id_of("tag"), id_of("emit"));
+        // tag allows 1 retry: two failures fail the instance while emit is still running.
+        i.task_done(&p, tag, Err("boom".into()), (t(4), RetryPolicy::default(), NO_JITTER));
+        let again = executes(&i.advance(&p, t(10)))[0].0;
+        let fx = i.task_done(&p, again, Err("boom".into()), (t(11), RetryPolicy::default(), NO_JITTER));
+        assert!(matches!(fx.as_slice(), [Effect::Failed(_)]), "{fx:?}");
+        assert!(i.task_done(&p, emit, Ok(json!({})), (t(12), RetryPolicy::default(), NO_JITTER)).is_empty());
+        assert!(i.task_done(&p, emit, Err("x".into()), (t(12), RetryPolicy::default(), NO_JITTER)).is_empty());
+        assert_eq!(i.status, Status::Failed, "one incident, not two");
+        let rerun: Vec<String> = executes(&i.rerun(&p, t(20))).into_iter().map(|e| e.1).collect();
+        assert_eq!(rerun.len(), 2, "both unfinished branches run again: {rerun:?}");
         Ok(())
     }
 

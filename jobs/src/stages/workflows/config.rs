@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct WorkflowConfig {
     /// Consumer group of `workflow.commands`.
     pub group_id: String,
-    /// This engine's name in instance leases; unique per running engine. An
-    /// engine restarted under the same name takes its instances back at once.
+    /// This engine's name in instance leases; unique per running engine (empty:
+    /// the host name). An engine restarted under the same name takes its
+    /// instances back at once.
     pub node_id: String,
     /// How often due instances are looked for, in milliseconds.
     pub poll_interval_ms: u64,
@@ -40,7 +41,7 @@ impl Default for WorkflowConfig {
     fn default() -> Self {
         Self {
             group_id: "lifecycle-workflows".into(),
-            node_id: "engine-1".into(),
+            node_id: String::new(),
             poll_interval_ms: 200,
             lease_secs: 60,
             max_in_flight: 64,
@@ -67,10 +68,23 @@ impl std::fmt::Debug for WorkflowConfig {
 }
 
 impl WorkflowConfig {
+    /// The lease owner name in effect: `node_id`, else the host name.
+    pub fn node_name(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "engine".into())
+    }
+
     /// Checks the values.
     pub fn validate(&self) -> Result<(), String> {
-        if self.group_id.is_empty() || self.node_id.is_empty() {
-            return Err("workflows.group_id and workflows.node_id must be set".into());
+        if self.group_id.is_empty() {
+            return Err("workflows.group_id must be set".into());
         }
         if self.max_in_flight == 0 || self.poll_interval_ms == 0 || self.task_timeout_ms == 0 {
             return Err("workflows.max_in_flight, poll_interval_ms and task_timeout_ms must be positive".into());

@@ -8,13 +8,13 @@
 //!   again under the same idempotency key: at-least-once);
 //! - deliveries: sends queued webhooks, signed, with backoff.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
-use lifecycle_connectors::postgres::profiles::user_uuid;
+use lifecycle_connectors::postgres::profiles::resolve_user;
 use lifecycle_connectors::postgres::workflows::{
     self as store, Attempt, Claimed, FailureCols, NewInstance, Save, StartError,
 };
@@ -60,11 +60,6 @@ fn status_str(s: Status) -> &'static str {
         Status::Failed => "failed",
         Status::Cancelled => "cancelled",
     }
-}
-
-/// `users.id` of a command's `user_id`: a UUID, else the external id's UUID.
-fn resolve_user(s: &str) -> Uuid {
-    Uuid::parse_str(s).unwrap_or_else(|_| user_uuid(s))
 }
 
 impl Engine {
@@ -163,7 +158,7 @@ impl Engine {
             let executes: Vec<(u64, String, lifecycle_pipeline::workflow::bpmn::TaskAction, u32)> = effects
                 .iter()
                 .filter_map(|e| match e {
-                    Effect::Execute { token, node, action, attempt } => {
+                    Effect::Execute { token, node, action, attempt } if inst.status == Status::Running => {
                         Some((*token, node.clone(), action.clone(), *attempt))
                     }
                     _ => None,
@@ -327,6 +322,7 @@ impl Engine {
                     }
                     Err(e @ StartError::NotActive(..)) => Err(("workflow_not_active", e.to_string())),
                     Err(e @ StartError::NoUser(_)) => Err(("unknown_user", e.to_string())),
+                    Err(e @ StartError::BadReference(_)) => Err(("invalid_field", e.to_string())),
                     Err(StartError::Db(e)) => Err(("database", e.to_string())),
                 }
             }
@@ -456,6 +452,17 @@ async fn deliver_webhooks(engine: Arc<Engine>, mut shutdown: watch::Receiver<boo
     }
 }
 
+/// The task id of a finished drive task, whether it returned or panicked.
+fn finished(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "an instance task panicked; the instance is retried when its lease ends");
+            e.id()
+        }
+    }
+}
+
 /// Runs the engine until `shutdown` turns true; instances in flight reach
 /// their next save first, then the engine gives its leases up.
 pub async fn run(
@@ -463,8 +470,9 @@ pub async fn run(
     handle: EngineHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let wc = cfg.workflows.clone();
+    let mut wc = cfg.workflows.clone();
     wc.validate()?;
+    wc.node_id = wc.node_name();
     let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
     let http = reqwest::Client::builder()
@@ -494,37 +502,37 @@ pub async fn run(
     let commands = tokio::spawn(consume_commands(engine.clone(), cfg.clone(), shutdown.clone()));
     let deliveries = tokio::spawn(deliver_webhooks(engine.clone(), shutdown.clone()));
     tracing::info!(node = %wc.node_id, max_in_flight = wc.max_in_flight, "workflow engine started");
-    let mut running: JoinSet<Uuid> = JoinSet::new();
-    let mut busy: HashSet<Uuid> = HashSet::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // Instances being driven, by the task driving them (a panicking task still frees its slot).
+    let mut busy: HashMap<tokio::task::Id, Uuid> = HashMap::new();
     let lease = Duration::from_secs(wc.lease_secs);
     let poll = Duration::from_millis(wc.poll_interval_ms);
     let mut failures = 0;
     while !*shutdown.borrow() {
-        while let Some(done) = running.try_join_next() {
-            if let Ok(id) = done {
-                busy.remove(&id);
-            }
+        while let Some(done) = running.try_join_next_with_id() {
+            busy.remove(&finished(done));
         }
         engine.m.in_flight.set(busy.len() as i64);
         let free = wc.max_in_flight.saturating_sub(busy.len());
         let mut claimed = 0;
         if free > 0 {
-            let skip: Vec<Uuid> = busy.iter().copied().collect();
+            let skip: Vec<Uuid> = busy.values().copied().collect();
             match store::claim(&pool, &wc.node_id, lease, free as i64, &skip).await {
                 Ok(list) => {
                     failures = 0;
                     claimed = list.len();
                     for c in list {
-                        busy.insert(c.id);
-                        let e = engine.clone();
-                        running.spawn(async move {
-                            let id = c.id;
+                        let (id, e) = (c.id, engine.clone());
+                        let task = running.spawn(async move {
                             if let Err(err) = e.drive(c).await {
                                 e.m.retries.with_label_values(&["instance"]).inc();
-                                tracing::warn!(instance = %id, error = %err, "instance step failed; picked up again");
+                                tracing::warn!(instance = %id, error = %err, "instance step failed; tried again in 5 s");
+                                if let Err(db) = store::back_off(&e.pool, id, &e.wc.node_id, Duration::from_secs(5)).await {
+                                    tracing::warn!(instance = %id, error = %db, "backing off failed; the lease expires");
+                                }
                             }
-                            id
                         });
+                        busy.insert(task.id(), id);
                     }
                 }
                 Err(e) => {
@@ -538,10 +546,8 @@ pub async fn run(
         if claimed == 0 {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(id) = done {
-                        busy.remove(&id);
-                    }
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    busy.remove(&finished(done));
                 }
                 _ = shutdown.changed() => {}
             }
