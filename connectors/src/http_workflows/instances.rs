@@ -24,8 +24,7 @@ use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
 use crate::kafka::sink::OutRecord;
 use crate::postgres::profiles::resolve_user;
-use crate::postgres::rules::enqueue_webhooks;
-use crate::postgres::workflows::{self as store, NewInstance, StartError, enqueue_callback};
+use crate::postgres::workflows::{self as store, NewInstance, StartError};
 
 const COLUMNS: &str = "e.id, e.workflow_id, e.user_id, u.external_id, e.status, e.current_node_id, e.started_at, \
     e.completed_at, e.updated_at, e.variables, e.state, e.error_type, e.error_message, e.failed_step, e.stack_trace, \
@@ -248,51 +247,29 @@ pub(super) async fn cancel(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Write)?;
     let (wf_id, iid) = (path_uuid("workflow", &wf)?, path_uuid("instance", &id)?);
-    let (row, inst) = stored(&s, wf_id, iid, &id).await?;
-    let status: String = row.get("status");
-    if matches!(status.as_str(), "completed" | "cancelled") {
+    fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
+    let Some(event) = store::cancel(&s.pool, iid).await.map_err(db_error)? else {
+        let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
+        let status: String = row.get("status");
         return Err(ApiError::new(StatusCode::CONFLICT, "instance_ended", format!("the instance is already {status}"))
             .with_details(json!({"field": "instance_id", "status": status})));
-    }
-    let state = inst.map(|mut i| {
-        i.cancel(Utc::now());
-        serde_json::to_value(i).unwrap_or(Value::Null)
-    });
-    let event = json!({
-        "event_type": "workflow.cancelled", "event_id": Uuid::new_v4(), "instance_id": iid, "workflow_id": wf_id,
-        "user_id": row.get::<Option<String>, _>("external_id"), "status": "cancelled", "at": Utc::now(),
-    });
-    let mut tx = s.pool.begin().await.map_err(db_error)?;
-    let done = sqlx::query(
-        "UPDATE workflow_executions SET status = 'cancelled', state = COALESCE($2, state), completed_at = now(), \
-         updated_at = now(), wake_at = NULL, lease_owner = NULL, lease_until = NULL \
-         WHERE id = $1 AND status IN ('pending', 'running', 'paused', 'failed')",
-    )
-    .bind(iid)
-    .bind(state)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::new(StatusCode::CONFLICT, "instance_ended", "the instance ended meanwhile")
-            .with_details(json!({"field": "instance_id"})));
-    }
-    enqueue_webhooks(&mut tx, &["workflow.cancelled"], std::slice::from_ref(&event)).await.map_err(db_error)?;
-    if let Some(url) = row.get::<Option<String>, _>("callback_url") {
-        enqueue_callback(&mut tx, &url, "workflow.cancelled", &event).await.map_err(db_error)?;
-    }
-    tx.commit().await.map_err(db_error)?;
-    let record = OutRecord {
-        topic: s.events_topic.clone(),
-        key: Some(row.get::<Option<String>, _>("external_id").unwrap_or_default().into_bytes()),
-        payload: event.to_string().into_bytes(),
-        headers: vec![("event_type", b"workflow.cancelled".to_vec())],
     };
+    let record = cancelled_record(&s.events_topic, &event);
     if let Err(e) = s.sink.send_all(&[record]).await {
         tracing::warn!(error = %e, instance = %iid, "workflow.cancelled not produced");
     }
     let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
     Ok(Json(instance_json(&row, &caller, false)).into_response())
+}
+
+/// The `workflow.events` record of a cancellation, keyed by user.
+pub fn cancelled_record(topic: &str, event: &Value) -> OutRecord {
+    OutRecord {
+        topic: topic.to_owned(),
+        key: Some(event["user_id"].as_str().unwrap_or_default().as_bytes().to_vec()),
+        payload: event.to_string().into_bytes(),
+        headers: vec![("event_type", b"workflow.cancelled".to_vec())],
+    }
 }
 
 pub(super) async fn rerun(

@@ -5,6 +5,8 @@
 
 mod definitions;
 mod instances;
+
+pub use instances::cancelled_record;
 mod rules;
 mod webhooks;
 

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lifecycle_pipeline::workflow::instance::Instance;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -340,6 +341,47 @@ pub async fn enqueue_callback(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Cancels an instance that has not ended: its state records the
+/// cancellation, and the `workflow.cancelled` event is queued for webhooks and
+/// the callback in the same transaction. Returns the event (for
+/// `workflow.events`, keyed by `user_id`), or none when it had already ended
+/// or does not exist.
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Option<Value>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT e.workflow_id, u.external_id, e.state, e.callback_url FROM workflow_executions e \
+         LEFT JOIN users u ON u.id = e.user_id \
+         WHERE e.id = $1 AND e.status IN ('pending', 'running', 'paused', 'failed') FOR UPDATE OF e",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let now = Utc::now();
+    let state = row.get::<Option<Value>, _>(2).and_then(|v| serde_json::from_value::<Instance>(v).ok()).map(|mut i| {
+        i.cancel(now);
+        serde_json::to_value(i).unwrap_or(Value::Null)
+    });
+    sqlx::query(
+        "UPDATE workflow_executions SET status = 'cancelled', state = COALESCE($2, state), completed_at = now(), \
+         updated_at = now(), wake_at = NULL, lease_owner = NULL, lease_until = NULL WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .execute(&mut *tx)
+    .await?;
+    let event = serde_json::json!({
+        "event_type": "workflow.cancelled", "event_id": Uuid::new_v4(), "instance_id": id,
+        "workflow_id": row.get::<Uuid, _>(0), "user_id": row.get::<Option<String>, _>(1), "status": "cancelled", "at": now,
+    });
+    enqueue_webhooks(&mut tx, &["workflow.cancelled"], std::slice::from_ref(&event)).await?;
+    if let Some(url) = row.get::<Option<String>, _>(3) {
+        enqueue_callback(&mut tx, &url, "workflow.cancelled", &event).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(event))
 }
 
 /// Gives up every lease `owner` holds (a clean shutdown).

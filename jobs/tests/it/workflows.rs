@@ -715,6 +715,27 @@ async fn retries_dead_letters_reruns_cancels_and_refuses_bad_definitions() {
             .any(|e| e["event_type"] == "workflow.cancelled" && e["instance_id"] == json!(id)))
         .await
     );
+    // The same through a cancel command on workflow.commands.
+    let (_, started, _) =
+        api.post(&format!("/workflows/{slow}/execute"), Some(&operator), body(json!({"user_id": "wf-user"}))).await;
+    let id = started["instance_id"].as_str().expect("id").to_owned();
+    wait_status(&pool, &id, "running", 10).await;
+    let command = OutRecord {
+        topic: cfg.topics.name(Topic::WorkflowCommands),
+        key: Some(b"wf-user".to_vec()),
+        payload: json!({"type": "cancel", "instance_id": id}).to_string().into_bytes(),
+        headers: vec![],
+    };
+    KafkaSink::new(&cfg.kafka).expect("producer").send_all(&[command]).await.expect("produce");
+    wait_status(&pool, &id, "cancelled", 20).await;
+    let (_, got, _) = api.send(M::GET, &format!("/workflows/{slow}/instances/{id}"), Some(&operator), vec![]).await;
+    assert!(got["history"].as_array().expect("history").iter().any(|h| h["what"] == "cancelled"), "{got}");
+    assert!(
+        eventually(10, || json_records(&cfg, Topic::WorkflowEvents)
+            .iter()
+            .any(|e| e["event_type"] == "workflow.cancelled" && e["instance_id"] == json!(id)))
+        .await
+    );
 
     running.stop().await;
     pool.close().await;

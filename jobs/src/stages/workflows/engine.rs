@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use lifecycle_connectors::http_workflows::cancelled_record;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_connectors::postgres::profiles::resolve_user;
 use lifecycle_connectors::postgres::workflows::{
@@ -328,15 +329,16 @@ impl Engine {
             }
             Some("cancel") => {
                 let id = uuid_of("instance_id")?;
-                let done = sqlx::query(
-                    "UPDATE workflow_executions SET status = 'cancelled', completed_at = now(), updated_at = now(), \
-                     lease_owner = NULL, lease_until = NULL WHERE id = $1 AND status IN ('pending', 'running', 'paused', 'failed')",
-                )
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| ("database", e.to_string()))?;
-                Ok(if done.rows_affected() == 1 { "cancelled" } else { "duplicate" })
+                match store::cancel(&self.pool, id).await.map_err(|e| ("database", e.to_string()))? {
+                    Some(event) => {
+                        let record = cancelled_record(&self.events_topic, &event);
+                        if let Err(e) = self.sink.send_all(&[record]).await {
+                            tracing::warn!(error = %e, instance = %id, "workflow.cancelled not produced");
+                        }
+                        Ok("cancelled")
+                    }
+                    None => Ok("duplicate"),
+                }
             }
             _ => Err(("invalid_field", "type must be \"start\" or \"cancel\"".into())),
         }
