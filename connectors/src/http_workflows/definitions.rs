@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::{Body, MAX_BODY, WorkflowsState, db_error, not_found, page, path_uuid};
+use super::{Body, MAX_BODY, WorkflowsState, db_error, listing, not_found, page, path_uuid};
 use crate::http::auth::{Access, Caller};
 use crate::http::error::{ApiError, json_body};
 
@@ -122,8 +122,7 @@ pub(super) async fn list(
     .fetch_all(&s.pool)
     .await
     .map_err(db_error)?;
-    Ok(Json(json!({"data": rows.iter().map(|r| workflow_json(r, false)).collect::<Vec<_>>(), "limit": limit, "offset": offset}))
-        .into_response())
+    Ok(listing(rows.iter().map(|r| workflow_json(r, false)).collect::<Vec<_>>(), (limit, offset)))
 }
 
 pub(super) async fn read(

@@ -19,7 +19,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::{Body, MAX_BODY, WorkflowsState, db_error, mask_pii, not_found, page, path_uuid};
+use super::{Body, MAX_BODY, WorkflowsState, db_error, listing, mask_pii, not_found, page, path_uuid};
 use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
 use crate::kafka::sink::OutRecord;
@@ -214,7 +214,7 @@ pub(super) async fn list(
     .await
     .map_err(db_error)?;
     let data: Vec<Value> = rows.iter().map(|r| instance_json(r, &caller, false)).collect();
-    Ok(Json(json!({"data": data, "limit": limit, "offset": offset})).into_response())
+    Ok(listing(data, (limit, offset)))
 }
 
 pub(super) async fn read(

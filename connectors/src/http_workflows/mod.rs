@@ -179,6 +179,31 @@ fn page(q: &std::collections::HashMap<String, String>, extra: &[&str]) -> Result
     Ok((num("limit", 100, 500)?.max(1), num("offset", 0, i64::MAX)?))
 }
 
+/// A page of a listing: `{"data": [...], "limit", "offset"}`.
+fn listing(data: Vec<Value>, (limit, offset): (i64, i64)) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    axum::Json(json!({"data": data, "limit": limit, "offset": offset})).into_response()
+}
+
+/// Deletes row `id` of `table` (a constant of ours); 204, or 404 naming `what`.
+async fn delete_row(
+    pool: &PgPool,
+    table: &'static str,
+    what: &str,
+    id: &str,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let done = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+        .bind(path_uuid(what, id)?)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+    if done.rows_affected() == 0 {
+        return Err(not_found(what, id));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// Replaces PII anywhere in `v` for callers who may not see it: `email` and
 /// `date_of_birth` everywhere, `name` inside profiles and event properties.
 fn mask_pii(v: &mut Value, in_profile: bool) {

@@ -16,7 +16,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::{Body, MAX_BODY, WorkflowsState, db_error, mask_pii, not_found, page, path_uuid};
+use super::{Body, MAX_BODY, WorkflowsState, db_error, delete_row, listing, mask_pii, not_found, page, path_uuid};
 use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
 
@@ -104,8 +104,7 @@ pub(super) async fn list_segments(
     .fetch_all(&s.pool)
     .await
     .map_err(db_error)?;
-    Ok(Json(json!({"data": rows.iter().map(segment_json).collect::<Vec<_>>(), "limit": limit, "offset": offset}))
-        .into_response())
+    Ok(listing(rows.iter().map(segment_json).collect::<Vec<_>>(), (limit, offset)))
 }
 
 pub(super) async fn read_segment(
@@ -157,15 +156,7 @@ pub(super) async fn delete_segment(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Write)?;
-    let done = sqlx::query("DELETE FROM user_segments WHERE id = $1")
-        .bind(path_uuid("segment", &id)?)
-        .execute(&s.pool)
-        .await
-        .map_err(db_error)?;
-    if done.rows_affected() == 0 {
-        return Err(not_found("segment", &id));
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    delete_row(&s.pool, "user_segments", "segment", &id).await
 }
 
 pub(super) async fn members(
@@ -198,7 +189,7 @@ pub(super) async fn members(
             })
         })
         .collect();
-    Ok(Json(json!({"data": data, "limit": limit, "offset": offset})).into_response())
+    Ok(listing(data, (limit, offset)))
 }
 
 // ---- triggers ----
@@ -303,8 +294,7 @@ pub(super) async fn list_triggers(
             .fetch_all(&s.pool)
             .await
             .map_err(db_error)?;
-    Ok(Json(json!({"data": rows.iter().map(trigger_json).collect::<Vec<_>>(), "limit": limit, "offset": offset}))
-        .into_response())
+    Ok(listing(rows.iter().map(trigger_json).collect::<Vec<_>>(), (limit, offset)))
 }
 
 pub(super) async fn read_trigger(
@@ -438,5 +428,5 @@ pub(super) async fn trigger_executions(
     if caller.role != Role::Admin {
         data.iter_mut().for_each(|d| mask_pii(d, false));
     }
-    Ok(Json(json!({"data": data, "limit": limit, "offset": offset})).into_response())
+    Ok(listing(data, (limit, offset)))
 }

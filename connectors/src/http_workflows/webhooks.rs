@@ -15,7 +15,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::{Body, MAX_BODY, WorkflowsState, db_error, not_found, page, path_uuid};
+use super::{Body, MAX_BODY, WorkflowsState, db_error, delete_row, listing, not_found, page, path_uuid};
 use crate::http::auth::{Access, Caller};
 use crate::http::error::{ApiError, json_body};
 
@@ -115,15 +115,7 @@ pub(super) async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Admin)?;
-    let done = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
-        .bind(path_uuid("webhook", &id)?)
-        .execute(&s.pool)
-        .await
-        .map_err(db_error)?;
-    if done.rows_affected() == 0 {
-        return Err(not_found("webhook", &id));
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    delete_row(&s.pool, "webhook_subscriptions", "webhook", &id).await
 }
 
 pub(super) async fn deliveries(
@@ -156,5 +148,5 @@ pub(super) async fn deliveries(
             })
         })
         .collect();
-    Ok(Json(json!({"data": data, "limit": limit, "offset": offset})).into_response())
+    Ok(listing(data, (limit, offset)))
 }
