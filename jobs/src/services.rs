@@ -65,7 +65,6 @@ pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
     let workflows =
         lifecycle_connectors::http_workflows::router(lifecycle_connectors::http_workflows::WorkflowsState {
             pool,
-            sink: state.sink.clone(),
             events_topic: cfg.topics.name(Topic::WorkflowEvents),
         });
     Ok(router(state, users.merge(analytics).merge(workflows)))

@@ -22,7 +22,6 @@ use uuid::Uuid;
 use super::{Body, MAX_BODY, WorkflowsState, db_error, listing, mask_pii, not_found, page, path_uuid};
 use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
-use crate::kafka::sink::OutRecord;
 use crate::postgres::profiles::resolve_user;
 use crate::postgres::workflows::{self as store, NewInstance, StartError};
 
@@ -248,28 +247,14 @@ pub(super) async fn cancel(
     caller.require(Access::Write)?;
     let (wf_id, iid) = (path_uuid("workflow", &wf)?, path_uuid("instance", &id)?);
     fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
-    let Some(event) = store::cancel(&s.pool, iid).await.map_err(db_error)? else {
+    if store::cancel(&s.pool, iid, &s.events_topic).await.map_err(db_error)?.is_none() {
         let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
         let status: String = row.get("status");
         return Err(ApiError::new(StatusCode::CONFLICT, "instance_ended", format!("the instance is already {status}"))
             .with_details(json!({"field": "instance_id", "status": status})));
-    };
-    let record = cancelled_record(&s.events_topic, &event);
-    if let Err(e) = s.sink.send_all(&[record]).await {
-        tracing::warn!(error = %e, instance = %iid, "workflow.cancelled not produced");
     }
     let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
     Ok(Json(instance_json(&row, &caller, false)).into_response())
-}
-
-/// The `workflow.events` record of a cancellation, keyed by user.
-pub fn cancelled_record(topic: &str, event: &Value) -> OutRecord {
-    OutRecord {
-        topic: topic.to_owned(),
-        key: Some(event["user_id"].as_str().unwrap_or_default().as_bytes().to_vec()),
-        payload: event.to_string().into_bytes(),
-        headers: vec![("event_type", b"workflow.cancelled".to_vec())],
-    }
 }
 
 pub(super) async fn rerun(

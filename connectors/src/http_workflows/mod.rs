@@ -5,8 +5,6 @@
 
 mod definitions;
 mod instances;
-
-pub use instances::cancelled_record;
 mod rules;
 mod webhooks;
 
@@ -19,16 +17,14 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::http::error::ApiError;
-use crate::kafka::sink::KafkaSink;
 
 /// Handler state.
 #[derive(Clone)]
 pub struct WorkflowsState {
     /// The pipeline database.
     pub pool: PgPool,
-    /// Producer for `workflow.events` (cancellations made through the API).
-    pub sink: KafkaSink,
-    /// Real name of `workflow.events`.
+    /// Real name of `workflow.events` (cancellations made through the API go
+    /// to the engine's outbox for it).
     pub events_topic: String,
 }
 

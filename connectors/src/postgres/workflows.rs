@@ -15,6 +15,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::rules::enqueue_webhooks;
+use crate::kafka::sink::{KafkaSink, OutRecord};
 
 /// A stored workflow version.
 #[derive(Debug, Clone)]
@@ -236,6 +237,8 @@ pub struct Save {
     pub webhooks: Vec<(&'static str, Value)>,
     /// The callback to queue: URL, event type, payload.
     pub callback: Option<(String, &'static str, Value)>,
+    /// Kafka records (workflow.events, workflow.dlq) to relay once this commits.
+    pub events: Vec<OutRecord>,
 }
 
 /// Stores a step if `owner` still holds the lease and nobody cancelled the
@@ -306,6 +309,7 @@ pub async fn save(pool: &PgPool, owner: &str, lease: Duration, s: &Save) -> Resu
     if let Some((url, event_type, payload)) = &s.callback {
         enqueue_callback(&mut tx, url, event_type, payload).await?;
     }
+    enqueue_records(&mut tx, &s.events).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -343,12 +347,88 @@ pub async fn enqueue_callback(
     Ok(())
 }
 
+/// Queues Kafka records in the outbox (relayed by [`relay`]).
+pub async fn enqueue_records(conn: &mut sqlx::PgConnection, records: &[OutRecord]) -> Result<(), sqlx::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
+    let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+    let names: Vec<Option<&str>> = records.iter().map(|r| r.headers.first().map(|h| h.0)).collect();
+    let values: Vec<Option<&[u8]>> = records.iter().map(|r| r.headers.first().map(|h| h.1.as_slice())).collect();
+    sqlx::query(
+        "INSERT INTO workflow_event_outbox (topic, key, payload, header_name, header_value) \
+         SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[])",
+    )
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&names)
+    .bind(&values)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Produces up to `limit` outbox records in order and deletes them, in one
+/// transaction: a crash or a broker error leaves them for the next call
+/// (at-least-once). Returns how many were relayed.
+pub async fn relay(pool: &PgPool, sink: &KafkaSink, limit: i64) -> Result<usize, String> {
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    let rows = sqlx::query(
+        "SELECT id, topic, key, payload, header_name, header_value FROM workflow_event_outbox \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let records: Vec<OutRecord> = rows
+        .iter()
+        .map(|r| {
+            let name = match r.get::<Option<String>, _>(4).as_deref() {
+                Some("event_type") => Some("event_type"),
+                Some("reason") => Some("reason"),
+                _ => None,
+            };
+            OutRecord {
+                topic: r.get(1),
+                key: r.get(2),
+                payload: r.get(3),
+                headers: name.zip(r.get::<Option<Vec<u8>>, _>(5)).into_iter().collect(),
+            }
+        })
+        .collect();
+    sink.send_all(&records).await.map_err(|e| format!("produce: {e}"))?;
+    sqlx::query("DELETE FROM workflow_event_outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(records.len())
+}
+
+/// The `workflow.events` record of a cancellation, keyed by user.
+fn cancelled_record(topic: &str, event: &Value) -> OutRecord {
+    OutRecord {
+        topic: topic.to_owned(),
+        key: Some(event["user_id"].as_str().unwrap_or_default().as_bytes().to_vec()),
+        payload: event.to_string().into_bytes(),
+        headers: vec![("event_type", b"workflow.cancelled".to_vec())],
+    }
+}
+
 /// Cancels an instance that has not ended: its state records the
 /// cancellation, and the `workflow.cancelled` event is queued for webhooks and
-/// the callback in the same transaction. Returns the event (for
-/// `workflow.events`, keyed by `user_id`), or none when it had already ended
-/// or does not exist.
-pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Option<Value>, sqlx::Error> {
+/// the callback and its `events_topic` record in the same transaction.
+/// Returns the event, or none when it had already ended or does not exist.
+pub async fn cancel(pool: &PgPool, id: Uuid, events_topic: &str) -> Result<Option<Value>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
         "SELECT e.workflow_id, u.external_id, e.state, e.callback_url FROM workflow_executions e \
@@ -380,6 +460,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Option<Value>, sqlx::Erro
     if let Some(url) = row.get::<Option<String>, _>(3) {
         enqueue_callback(&mut tx, &url, "workflow.cancelled", &event).await?;
     }
+    enqueue_records(&mut tx, &[cancelled_record(events_topic, &event)]).await?;
     tx.commit().await?;
     Ok(Some(event))
 }

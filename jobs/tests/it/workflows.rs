@@ -468,6 +468,12 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
     let commands = json_records(&cfg, Topic::WorkflowCommands);
     assert_eq!(commands.len(), 1, "{commands:?}");
     assert_eq!((commands[0]["type"].clone(), commands[0]["instance_id"].clone()), (json!("start"), json!(instance)));
+    let completed = |cfg: &LifecycleConfig| {
+        json_records(cfg, Topic::WorkflowEvents)
+            .iter()
+            .any(|e| e["instance_id"] == json!(instance) && e["event_type"] == "workflow.completed")
+    };
+    assert!(eventually(10, || completed(&cfg)).await, "the outbox relayed the events");
     let wf_events = json_records(&cfg, Topic::WorkflowEvents);
     let kinds: Vec<&str> = wf_events
         .iter()

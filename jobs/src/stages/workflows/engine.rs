@@ -1,4 +1,4 @@
-//! The engine loop. Three tasks share one PostgreSQL pool:
+//! The engine loop. Four tasks share one PostgreSQL pool:
 //!
 //! - commands: `workflow.commands` -> instance rows (`start`, `cancel`);
 //!   malformed commands go to `workflow.dlq` with a reason;
@@ -6,6 +6,8 @@
 //!   its BPMN process, saving the state before every service call and after
 //!   every answer (so a kill -9 loses at most the calls in flight, which run
 //!   again under the same idempotency key: at-least-once);
+//! - relay: produces the workflow.events / workflow.dlq records each save
+//!   queued in its transaction (an outbox);
 //! - deliveries: sends queued webhooks, signed, with backoff.
 
 use std::collections::HashMap;
@@ -13,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use lifecycle_connectors::http_workflows::cancelled_record;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_connectors::postgres::profiles::resolve_user;
 use lifecycle_connectors::postgres::workflows::{
@@ -211,11 +212,6 @@ impl Engine {
                     self.m.instances_ended.with_label_values(&["completed"]).inc();
                 }
             }
-            // Events first: a crash before the save repeats them (at-least-once, same event_id).
-            if !out.is_empty() {
-                self.sink.send_all(&out).await.map_err(|e| format!("produce workflow events: {e}"))?;
-                out.clear();
-            }
             let hold = !executes.is_empty();
             let save = Save {
                 id: c.id,
@@ -229,6 +225,7 @@ impl Engine {
                 attempts: std::mem::take(&mut attempts),
                 webhooks: std::mem::take(&mut webhooks),
                 callback,
+                events: std::mem::take(&mut out),
             };
             let lease = Duration::from_secs(self.wc.lease_secs);
             if !store::save(&self.pool, &self.wc.node_id, lease, &save).await.map_err(|e| format!("save: {e}"))? {
@@ -329,14 +326,11 @@ impl Engine {
             }
             Some("cancel") => {
                 let id = uuid_of("instance_id")?;
-                match store::cancel(&self.pool, id).await.map_err(|e| ("database", e.to_string()))? {
-                    Some(event) => {
-                        let record = cancelled_record(&self.events_topic, &event);
-                        if let Err(e) = self.sink.send_all(&[record]).await {
-                            tracing::warn!(error = %e, instance = %id, "workflow.cancelled not produced");
-                        }
-                        Ok("cancelled")
-                    }
+                match store::cancel(&self.pool, id, &self.events_topic)
+                    .await
+                    .map_err(|e| ("database", e.to_string()))?
+                {
+                    Some(_) => Ok("cancelled"),
                     None => Ok("duplicate"),
                 }
             }
@@ -406,6 +400,35 @@ async fn consume_commands(
         }
         if let Err(e) = poller.source().commit(&batch) {
             tracing::debug!(error = %e, "command offsets not committed; they are applied again (idempotent)");
+        }
+    }
+}
+
+/// Relays the outbox's workflow.events / workflow.dlq records to Kafka.
+async fn relay_events(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let mut failures = 0;
+    loop {
+        let relayed = match store::relay(&engine.pool, &engine.sink, 500).await {
+            Ok(n) => {
+                failures = 0;
+                n
+            }
+            Err(e) => {
+                engine.m.retries.with_label_values(&["relay"]).inc();
+                tracing::warn!(error = %e, "relaying workflow events failed; they stay in the outbox");
+                tokio::time::sleep(backoff(failures)).await;
+                failures += 1;
+                0
+            }
+        };
+        if relayed < 500 {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(engine.wc.poll_interval_ms)) => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
+            if stopping {
+                return; // run() relays what the last saves queue
+            }
         }
     }
 }
@@ -503,6 +526,7 @@ pub async fn run(
     }
     let commands = tokio::spawn(consume_commands(engine.clone(), cfg.clone(), shutdown.clone()));
     let deliveries = tokio::spawn(deliver_webhooks(engine.clone(), shutdown.clone()));
+    let relay = tokio::spawn(relay_events(engine.clone(), shutdown.clone()));
     tracing::info!(node = %wc.node_id, max_in_flight = wc.max_in_flight, "workflow engine started");
     let mut running: JoinSet<()> = JoinSet::new();
     // Instances being driven, by the task driving them (a panicking task still frees its slot).
@@ -568,6 +592,11 @@ pub async fn run(
         tracing::warn!(error = %e, "command consumer stopped with an error");
     }
     let _ = deliveries.await;
+    let _ = relay.await;
+    // What the last saves queued goes out now rather than at the next start.
+    while let Ok(n) = store::relay(&pool, &engine.sink, 500).await
+        && n > 0
+    {}
     tracing::info!("workflow engine stopped");
     Ok(())
 }
