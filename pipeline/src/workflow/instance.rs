@@ -77,8 +77,13 @@ impl Token {
     /// Key for receivers to deduplicate a service call: the same across retries
     /// of one task execution and across engine restarts.
     pub fn idempotency_key(&self, instance: &str) -> String {
-        format!("{instance}:{}:{}", self.node, self.id)
+        idempotency_key(instance, &self.node, self.id)
     }
+}
+
+/// The idempotency key of token `token`'s execution of `node` in `instance`.
+pub fn idempotency_key(instance: &str, node: &str, token: u64) -> String {
+    format!("{instance}:{node}:{token}")
 }
 
 /// A recorded failure.
@@ -176,13 +181,24 @@ impl Instance {
     /// A new instance at the start event with `variables`.
     pub fn start(process: &Process, variables: Map<String, Value>, now: DateTime<Utc>) -> Self {
         Self {
+            tokens: vec![Token { id: 1, node: process.start.clone(), via: None, state: TokenState::Ready }],
+            next_token: 2,
+            history: vec![Step { node: process.start.clone(), what: "started".into(), at: now }],
+            ..Self::empty(variables)
+        }
+    }
+
+    /// A running instance with no token yet (what an incident is raised on
+    /// when the process cannot even start).
+    pub fn empty(variables: Map<String, Value>) -> Self {
+        Self {
             status: Status::Running,
             variables,
             results: Map::new(),
-            tokens: vec![Token { id: 1, node: process.start.clone(), via: None, state: TokenState::Ready }],
-            next_token: 2,
+            tokens: vec![],
+            next_token: 1,
             retries: BTreeMap::new(),
-            history: vec![Step { node: process.start.clone(), what: "started".into(), at: now }],
+            history: vec![],
             failure: None,
         }
     }
@@ -209,6 +225,13 @@ impl Instance {
         self.status = Status::Failed;
         self.failure = Some(f.clone());
         vec![Effect::Failed(f)]
+    }
+
+    /// Raises an incident found outside the process (e.g. a definition that no
+    /// longer parses) at the current step.
+    pub fn raise(&mut self, error_type: &str, error_message: String, now: DateTime<Utc>) -> Vec<Effect> {
+        let step = self.current_step().unwrap_or("").to_owned();
+        self.fail(error_type, error_message, (&step, 0), now)
     }
 
     /// A new ready token at the target of `flow`.

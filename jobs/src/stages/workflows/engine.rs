@@ -24,7 +24,7 @@ use lifecycle_connectors::postgres::{self};
 use lifecycle_pipeline::Topic;
 use lifecycle_pipeline::metrics::WorkflowMetrics;
 use lifecycle_pipeline::workflow::bpmn::Process;
-use lifecycle_pipeline::workflow::instance::{Effect, Instance, RetryPolicy, Status};
+use lifecycle_pipeline::workflow::instance::{Effect, Instance, RetryPolicy, Status, idempotency_key};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, watch};
@@ -79,7 +79,8 @@ impl Engine {
         Ok(parsed)
     }
 
-    fn event_record(&self, topic: &str, c: &Claimed, kind: &str, inst: &Instance, extra: Value) -> OutRecord {
+    /// A `workflow.events` document and its record.
+    fn event(&self, c: &Claimed, kind: &'static str, inst: &Instance, extra: Value) -> (Value, OutRecord) {
         let run = inst.history.iter().filter(|s| s.what == "rerun").count();
         let event_id = Uuid::new_v5(&EVENT_NAMESPACE, format!("{}:{kind}:{run}", c.id).as_bytes());
         let mut doc = json!({
@@ -90,12 +91,13 @@ impl Engine {
         if let (Some(d), Value::Object(e)) = (doc.as_object_mut(), extra) {
             d.extend(e);
         }
-        OutRecord {
-            topic: topic.to_owned(),
-            key: Some(c.external_user_id.clone().unwrap_or_else(|| c.user_id.to_string()).into_bytes()),
+        let record = OutRecord {
+            topic: self.events_topic.clone(),
+            key: Some(user_key(c).into_bytes()),
             payload: doc.to_string().into_bytes(),
             headers: vec![("event_type", kind.as_bytes().to_vec())],
-        }
+        };
+        (doc, record)
     }
 
     /// Drives a claimed instance until it waits, ends, or is taken away.
@@ -113,8 +115,8 @@ impl Engine {
                 let mut i = Instance::start(p, vars, now);
                 let fx = i.advance(p, now);
                 self.m.instances_started.inc();
-                let record = self.event_record(&self.events_topic, &c, "workflow.started", &i, json!({}));
-                webhooks.push(("workflow.started", serde_json::from_slice(&record.payload).unwrap_or(Value::Null)));
+                let (doc, record) = self.event(&c, "workflow.started", &i, json!({}));
+                webhooks.push(("workflow.started", doc));
                 out.push(record);
                 (i, fx)
             }
@@ -128,27 +130,10 @@ impl Engine {
                 // A definition that no longer parses (or was deleted): an incident.
                 let mut i = match state {
                     Some(s) => serde_json::from_value(s.clone()).map_err(|e| format!("stored state: {e}"))?,
-                    None => Instance {
-                        status: Status::Running,
-                        variables: Map::new(),
-                        results: Map::new(),
-                        tokens: vec![],
-                        next_token: 1,
-                        retries: Default::default(),
-                        history: vec![],
-                        failure: None,
-                    },
+                    None => Instance::empty(Map::new()),
                 };
-                i.status = Status::Failed;
-                let f = lifecycle_pipeline::workflow::instance::Failure {
-                    error_type: "invalid_definition".into(),
-                    error_message: e.clone(),
-                    failed_step: i.current_step().unwrap_or("").to_owned(),
-                    attempt: 0,
-                    at: now,
-                };
-                i.failure = Some(f.clone());
-                (i, vec![Effect::Failed(f)])
+                let fx = i.raise("invalid_definition", e.clone(), now);
+                (i, fx)
             }
         };
         let policy = RetryPolicy {
@@ -174,12 +159,11 @@ impl Engine {
                     Effect::Failed(f) => ("workflow.failed", json!({"failure": f})),
                     _ => continue,
                 };
-                let record = self.event_record(&self.events_topic, &c, kind, &inst, extra);
-                let payload: Value = serde_json::from_slice(&record.payload).unwrap_or(Value::Null);
-                webhooks.push((kind, payload.clone()));
+                let (doc, record) = self.event(&c, kind, &inst, extra);
                 if let Some(url) = &c.callback_url {
-                    callback = Some((url.clone(), kind, payload.clone()));
+                    callback = Some((url.clone(), kind, doc.clone()));
                 }
+                webhooks.push((kind, doc));
                 out.push(record);
                 if let Effect::Failed(f) = e {
                     let dlq = json!({
@@ -237,9 +221,9 @@ impl Engine {
                 return Ok(());
             }
             let scope = Value::Object(inst.scope());
-            let user = c.external_user_id.clone().unwrap_or_else(|| c.user_id.to_string());
+            let user = user_key(&c);
             let runs = executes.iter().map(|(token, node, action, attempt)| {
-                let key = format!("{}:{node}:{token}", c.id);
+                let key = idempotency_key(&c.id.to_string(), node, *token);
                 let scope = &scope;
                 let user = &user;
                 async move {
@@ -475,6 +459,11 @@ async fn deliver_webhooks(engine: Arc<Engine>, mut shutdown: watch::Receiver<boo
             return;
         }
     }
+}
+
+/// The Kafka key of an instance's records: the external user id, else `users.id`.
+fn user_key(c: &Claimed) -> String {
+    c.external_user_id.clone().unwrap_or_else(|| c.user_id.to_string())
 }
 
 /// The task id of a finished drive task, whether it returned or panicked.
