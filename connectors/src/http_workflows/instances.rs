@@ -84,13 +84,14 @@ fn instance_json(r: &PgRow, caller: &Caller, full: bool) -> Value {
     v
 }
 
-async fn fetch(s: &WorkflowsState, wf: Uuid, id: Uuid) -> Result<Option<PgRow>, ApiError> {
+async fn fetch(s: &WorkflowsState, wf: Uuid, id: Uuid, raw: &str) -> Result<PgRow, ApiError> {
     sqlx::query(&format!("SELECT {COLUMNS} FROM {FROM} WHERE e.id = $1 AND e.workflow_id = $2"))
         .bind(id)
         .bind(wf)
         .fetch_optional(&s.pool)
         .await
-        .map_err(db_error)
+        .map_err(db_error)?
+        .ok_or_else(|| not_found("instance", raw))
 }
 
 async fn attempts(s: &WorkflowsState, id: Uuid) -> Result<Value, ApiError> {
@@ -175,7 +176,7 @@ pub(super) async fn execute(
     // outcome arrives by callback or polling.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let row = loop {
-        let row = fetch(&s, wf_id, n.id).await?.ok_or_else(|| not_found("instance", &n.id.to_string()))?;
+        let row = fetch(&s, wf_id, n.id, &n.id.to_string()).await?;
         let status: String = row.get("status");
         if matches!(status.as_str(), "completed" | "failed" | "cancelled") || tokio::time::Instant::now() >= deadline {
             break row;
@@ -223,7 +224,7 @@ pub(super) async fn read(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
     let (wf_id, iid) = (path_uuid("workflow", &wf)?, path_uuid("instance", &id)?);
-    let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
+    let row = fetch(&s, wf_id, iid, &id).await?;
     let mut v = instance_json(&row, &caller, true);
     v["attempts"] = attempts(&s, iid).await?;
     Ok(Json(v).into_response())
@@ -231,7 +232,7 @@ pub(super) async fn read(
 
 /// Loads a stored instance for a change made through the API.
 async fn stored(s: &WorkflowsState, wf: Uuid, id: Uuid, raw: &str) -> Result<(PgRow, Option<Instance>), ApiError> {
-    let row = fetch(s, wf, id).await?.ok_or_else(|| not_found("instance", raw))?;
+    let row = fetch(s, wf, id, raw).await?;
     let inst = match row.get::<Option<Value>, _>("state") {
         Some(v) => Some(serde_json::from_value(v).map_err(|e| ApiError::internal(format!("stored state: {e}")))?),
         None => None,
@@ -246,14 +247,14 @@ pub(super) async fn cancel(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Write)?;
     let (wf_id, iid) = (path_uuid("workflow", &wf)?, path_uuid("instance", &id)?);
-    fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
+    fetch(&s, wf_id, iid, &id).await?;
     if store::cancel(&s.pool, iid, &s.events_topic).await.map_err(db_error)?.is_none() {
-        let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
+        let row = fetch(&s, wf_id, iid, &id).await?;
         let status: String = row.get("status");
         return Err(ApiError::new(StatusCode::CONFLICT, "instance_ended", format!("the instance is already {status}"))
             .with_details(json!({"field": "instance_id", "status": status})));
     }
-    let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
+    let row = fetch(&s, wf_id, iid, &id).await?;
     Ok(Json(instance_json(&row, &caller, false)).into_response())
 }
 
@@ -298,7 +299,7 @@ pub(super) async fn rerun(
     if done.rows_affected() == 0 {
         return Err(not_failed());
     }
-    let row = fetch(&s, wf_id, iid).await?.ok_or_else(|| not_found("instance", &id))?;
+    let row = fetch(&s, wf_id, iid, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(instance_json(&row, &caller, false))).into_response())
 }
 
@@ -313,7 +314,7 @@ async fn transition(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Write)?;
     let (wf_id, iid) = (path_uuid("workflow", wf)?, path_uuid("instance", id)?);
-    let row = fetch(s, wf_id, iid).await?.ok_or_else(|| not_found("instance", id))?;
+    let row = fetch(s, wf_id, iid, id).await?;
     let status: String = row.get("status");
     let from: Vec<String> = from.iter().map(|f| (*f).to_owned()).collect();
     let done = sqlx::query(
@@ -334,7 +335,7 @@ async fn transition(
         )
         .with_details(json!({"field": "instance_id", "status": status})));
     }
-    let row = fetch(s, wf_id, iid).await?.ok_or_else(|| not_found("instance", id))?;
+    let row = fetch(s, wf_id, iid, id).await?;
     Ok(Json(instance_json(&row, caller, false)).into_response())
 }
 
