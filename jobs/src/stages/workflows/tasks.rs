@@ -109,20 +109,13 @@ impl Executor {
             "instance_id": call.instance_id, "workflow_id": call.workflow_id, "user_id": call.user_id,
             "node": call.node, "attempt": call.attempt, "idempotency_key": call.key, "variables": call.scope,
         });
-        let bytes = body.to_string().into_bytes();
         let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method}: {e}"))?;
-        let mut req = self
-            .http
-            .request(method.clone(), url)
-            .timeout(self.timeout)
-            .header("content-type", "application/json")
-            .header("idempotency-key", call.key)
-            .header("x-lifecycle-instance", call.instance_id.to_string());
-        if !self.signing_secret.is_empty() {
-            let t = chrono::Utc::now().timestamp();
-            req = req.header(SIGNATURE_HEADER, sign(self.signing_secret.as_bytes(), t, &bytes));
-        }
-        let resp = req.body(bytes).send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+        let resp = self
+            .signed(method.clone(), url, (call.key, &self.signing_secret), &body)
+            .header("x-lifecycle-instance", call.instance_id.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
         if !status.is_success() {
@@ -132,25 +125,41 @@ impl Executor {
         Ok(json!({"status": status.as_u16(), "body": body}))
     }
 
+    /// A JSON request with the call's idempotency key, signed with `secret`
+    /// when there is one (tasks, callbacks and webhooks alike).
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        (key, secret): (&str, &str),
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        let bytes = body.to_string().into_bytes();
+        let mut req = self
+            .http
+            .request(method, url)
+            .timeout(self.timeout)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key);
+        if !secret.is_empty() {
+            req = req.header(SIGNATURE_HEADER, sign(secret.as_bytes(), chrono::Utc::now().timestamp(), &bytes));
+        }
+        req.body(bytes)
+    }
+
     /// Makes one webhook delivery attempt.
     pub(super) async fn deliver(&self, d: &Delivery) -> Result<(), String> {
         let body = json!({
             "id": d.event_id, "type": d.event_type, "created_at": chrono::Utc::now(), "data": d.payload,
         });
-        let bytes = body.to_string().into_bytes();
         let secret = d.secret.as_deref().unwrap_or(&self.signing_secret);
-        let mut req = self
-            .http
-            .post(&d.url)
-            .timeout(self.timeout)
-            .header("content-type", "application/json")
+        let resp = self
+            .signed(reqwest::Method::POST, &d.url, (&d.event_id.to_string(), secret), &body)
             .header("x-lifecycle-event", &d.event_type)
             .header("x-lifecycle-delivery", d.id.to_string())
-            .header("idempotency-key", d.event_id.to_string());
-        if !secret.is_empty() {
-            req = req.header(SIGNATURE_HEADER, sign(secret.as_bytes(), chrono::Utc::now().timestamp(), &bytes));
-        }
-        let resp = req.body(bytes).send().await.map_err(|e| format!("POST {}: {e}", d.url))?;
+            .send()
+            .await
+            .map_err(|e| format!("POST {}: {e}", d.url))?;
         if resp.status().is_success() {
             Ok(())
         } else {
