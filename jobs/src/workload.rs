@@ -29,6 +29,37 @@ pub const MIX: [(&str, u32); 15] = [
     ("user.account_deletion", 1),
 ];
 
+/// Pages (path prefix, title) the engagement events visit.
+const PAGES: [(&str, &str); 4] = [
+    ("/products/running-shoes/item-", "Running shoes | Spring collection"),
+    ("/blog/how-to-choose-a-trail-shoe/", "How to choose a trail shoe"),
+    ("/account/orders/", "Your orders"),
+    ("/pricing/plans/", "Plans and pricing"),
+];
+
+/// (device type, OS, OS version), picked by user.
+const DEVICES: [(&str, &str, &str); 3] =
+    [("desktop", "macOS", "14.6.1"), ("mobile", "Android", "15"), ("tablet", "iPadOS", "18.1")];
+
+/// Browsers, picked by user.
+const BROWSERS: [&str; 4] = ["Chrome/131.0.6778.86", "Firefox/132.0", "Safari/18.1", "Edge/131.0.2903.63"];
+
+/// (region, city, time zone), picked by user.
+const PLACES: [(&str, &str, &str); 4] = [
+    ("Berlin", "Berlin", "Europe/Berlin"),
+    ("Bavaria", "Munich", "Europe/Berlin"),
+    ("Hamburg", "Hamburg", "Europe/Berlin"),
+    ("Hesse", "Frankfurt am Main", "Europe/Berlin"),
+];
+
+/// Where sessions come from.
+const REFERRERS: [&str; 4] = [
+    "https://www.google.com/search?q=running+shoes",
+    "https://newsletter.example.com/2026-11/issue-47",
+    "https://www.instagram.com/",
+    "direct",
+];
+
 /// Ways a test or demo record is deliberately broken, with the reason code the
 /// validation stage must give it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,11 +161,13 @@ impl Workload {
             "user.profile_update" => json!({"country": "DE", "language": "de"}),
             "user.account_deletion" => json!({"reason": "not_needed"}),
             "engagement.page_view" => {
-                json!({"page": format!("/p/{}", r.random_range(0..200)), "duration_ms": r.random_range(100..60_000)})
+                let (page, title) = PAGES[r.random_range(0..PAGES.len())];
+                let page = format!("{page}{}?utm_source=newsletter&utm_medium=email", r.random_range(0..200));
+                json!({"page": page, "title": title, "duration_ms": r.random_range(100..60_000)})
             }
             "engagement.feature_click" => {
                 let feature = ["export", "share", "filter", "search"][r.random_range(0..4)];
-                json!({"feature": feature})
+                json!({"feature": feature, "page": PAGES[r.random_range(0..PAGES.len())].0})
             }
             "engagement.content_view" => {
                 json!({"content_id": format!("c-{}", r.random_range(0..1000)), "content_type": "article"})
@@ -160,7 +193,9 @@ impl Workload {
             "transaction.refund" => json!({"order_id": order, "amount": amount, "currency": "EUR"}),
             _ => json!({}),
         };
-        let device_type = ["desktop", "mobile", "tablet"][(user % 3) as usize];
+        let (device_type, os, os_version) = DEVICES[(user % 3) as usize];
+        let (region, city, timezone) = PLACES[(user % 4) as usize];
+        let referrer = REFERRERS[r.random_range(0..REFERRERS.len())];
         json!({
             "event_id": format!("{}-{}", self.run_id, self.seq),
             "user_id": format!("{}-u{user:06}", self.run_id),
@@ -168,8 +203,12 @@ impl Workload {
             "timestamp": ts,
             "session_id": format!("sess-{user}-{}", ts / 1_800_000),
             "event_properties": props,
-            "device_info": {"device_type": device_type, "os": "Linux"},
-            "location": {"country": "DE", "city": "Berlin"},
+            "device_info": {
+                "device_type": device_type, "os": os, "os_version": os_version,
+                "browser": BROWSERS[(user % 4) as usize], "app_version": "web-5.12.3",
+            },
+            "location": {"country": "DE", "region": region, "city": city, "timezone": timezone},
+            "referrer": referrer,
         })
     }
 
@@ -274,5 +313,17 @@ mod tests {
         }
         let max = per_user.values().max().copied().unwrap_or(0);
         assert!(max > 5000 / 100 * 5, "heavy tail expected, busiest user has {max}");
+    }
+
+    #[test]
+    fn framed_avro_events_average_about_300_bytes() {
+        let files = SchemaFiles::load(&default_dir()).expect("schemas");
+        let v = Validator::new(Arc::new(files.catalog().expect("catalog")), Limits::default());
+        let envelope = files.envelope().expect("envelope");
+        let enc = AvroEncoder { validator: &v, envelope: &envelope, schema_id: 1 };
+        let mut w = Workload::new(7, 1000, "bench", Utc::now());
+        let total: usize = (0..5000).map(|_| enc.encode(&w.next_event()).expect("encode").len()).sum();
+        let mean = total / 5000;
+        assert!((250..=350).contains(&mean), "mean framed event size {mean} bytes");
     }
 }
