@@ -2,6 +2,8 @@
 //! criterion micro-benchmarks in `benches/`; each compares a stage's work with
 //! a baseline measured in the same run (here: plain Avro decoding).
 
+pub mod harness;
+
 use std::sync::Arc;
 
 use chrono::Utc;

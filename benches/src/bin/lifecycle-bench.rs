@@ -1,0 +1,127 @@
+//! `lifecycle-bench`: the end-to-end benchmark (see `benches/README.md`).
+//!
+//!   cargo run --release -p lifecycle-benches --bin lifecycle-bench -- [--events N] [--soak] [--write FILE]
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lifecycle_benches::harness::{self, Options, report};
+use lifecycle_jobs::LifecycleConfig;
+
+#[derive(Parser)]
+#[command(about = "Throughput, latency and memory of the pipeline against raw consume and a Python peer")]
+struct Cli {
+    /// Configuration of the stack to run against (default: the local stack).
+    #[arg(long, env = "LIFECYCLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Events in the workload (default 1,000,000; 10,000,000 with --soak).
+    #[arg(long)]
+    events: Option<usize>,
+    /// Distinct users.
+    #[arg(long, default_value_t = 100_000)]
+    users: u32,
+    /// Offered rate of the latency run, events/s.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u32,
+    /// Seconds of the latency run (0 skips it).
+    #[arg(long, default_value_t = 30)]
+    latency_secs: u64,
+    /// The memory run: only the whole pipeline, sampling resident memory.
+    #[arg(long)]
+    soak: bool,
+    /// Only these measurements, comma-separated (raw, kcat, peer, validate, profile,
+    /// analytics, pipeline, latency); the results file is not written then.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Replace the results section of this Markdown file (e.g. benches/README.md).
+    #[arg(long)]
+    write: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// The ceiling: consume COUNT records of TOPIC and do nothing (run by the benchmark).
+    #[command(hide = true)]
+    RawConsume {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        count: usize,
+    },
+}
+
+/// Builds the `lifecycle` binary next to this one (a no-op when it is current).
+fn lifecycle_binary(me: &std::path::Path) -> Result<PathBuf, String> {
+    let bin = me.with_file_name("lifecycle");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "--release", "--bin", "lifecycle"])
+            .status()
+            .map_err(|e| e.to_string())?
+            .success();
+        if !ok {
+            return Err("cargo build --release --bin lifecycle failed".into());
+        }
+    }
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("{} not found: cargo build --release --bin lifecycle", bin.display()))
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lifecycle-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    if let Some(Sub::RawConsume { bootstrap, topic, count }) = cli.command {
+        return tokio::task::spawn_blocking(move || harness::raw_consume(&bootstrap, &topic, count))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let cfg = match &cli.config {
+        Some(path) => LifecycleConfig::load(path)?,
+        None => LifecycleConfig::default(),
+    };
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let opts = Options {
+        events: cli.events.unwrap_or(if cli.soak { 10_000_000 } else { 1_000_000 }),
+        users: cli.users,
+        rate: cli.rate,
+        latency_secs: cli.latency_secs,
+        soak: cli.soak,
+        only: cli.only.clone(),
+        write: cli.write.clone(),
+        lifecycle: lifecycle_binary(&me)?,
+        python: lifecycle_jobs::stack::python::python(&cfg.stack),
+        peer: root.join("peer/peer.py"),
+        me,
+    };
+    if !opts.soak && !opts.python.is_file() {
+        return Err(format!("{} missing: run `lifecycle stack up` first", opts.python.display()));
+    }
+    let results = harness::run(&opts, &cfg).await?;
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let command = format!("cargo run --release -p lifecycle-benches --bin lifecycle-bench -- {command}");
+    let md = report::markdown(&opts, &results, command.trim_end_matches(" -- "));
+    println!("\n{md}");
+    if let Some(path) = opts.write.as_ref().filter(|_| opts.only.is_empty()) {
+        report::write_section(path, if opts.soak { "soak" } else { "results" }, &md)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

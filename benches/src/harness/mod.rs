@@ -1,0 +1,564 @@
+//! `lifecycle-bench`: one run that loads a realistic workload into Kafka and
+//! measures, on the same machine and topic, the ceiling (raw consume with
+//! rdkafka and with kcat), each stage alone, the whole pipeline, a Python peer,
+//! and produce -> profile-visible latency at a fixed offered rate.
+//!
+//! Every measured program is a separate process (`lifecycle run <stage>`, the
+//! raw consumer, kcat, the peer), so CPU time and peak RSS belong to it alone.
+
+pub mod latency;
+pub mod proc;
+pub mod report;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lifecycle_jobs::LifecycleConfig;
+use lifecycle_jobs::workload::{AvroEncoder, Workload};
+use lifecycle_pipeline::{Limits, Topic, TopicNames, Validator};
+use lifecycle_schemas::files::SchemaFiles;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use proc::{Proc, RssSample, Usage};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Events in the workload.
+    pub events: usize,
+    /// Distinct users (Zipf-like).
+    pub users: u32,
+    /// Offered rate of the latency run, events/s.
+    pub rate: u32,
+    /// Length of the latency run.
+    pub latency_secs: u64,
+    /// Only the whole pipeline, sampling RSS (the memory run).
+    pub soak: bool,
+    /// Only these measurements (empty: all): raw, kcat, peer, validate, profile,
+    /// analytics, pipeline, latency. profile and analytics also run validate.
+    pub only: Vec<String>,
+    /// Markdown file whose results section is replaced.
+    pub write: Option<PathBuf>,
+    /// The `lifecycle` binary.
+    pub lifecycle: PathBuf,
+    /// This binary (for the raw consumer).
+    pub me: PathBuf,
+    /// The Python with confluent-kafka and fastavro.
+    pub python: PathBuf,
+    /// The peer script.
+    pub peer: PathBuf,
+}
+
+/// One measured row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What was measured.
+    pub name: String,
+    /// Events processed.
+    pub events: usize,
+    /// First record to last.
+    pub wall: Duration,
+    /// CPU time and peak RSS, summed over the row's processes.
+    pub usage: Usage,
+    /// RSS over time (summed over the row's processes, by sample index).
+    pub rss: Vec<RssSample>,
+    /// CPU time the broker (tansu) spent during the measurement.
+    pub broker_cpu: Option<Duration>,
+}
+
+impl Row {
+    /// Events per second.
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU seconds per million events.
+    pub fn cpu_per_million(&self) -> f64 {
+        self.usage.cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64
+    }
+
+    /// Broker CPU seconds per million events.
+    pub fn broker_cpu_per_million(&self) -> Option<f64> {
+        self.broker_cpu.map(|c| c.as_secs_f64() * 1e6 / self.events.max(1) as f64)
+    }
+}
+
+/// Everything one benchmark run produced.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// Mean framed event size, bytes.
+    pub event_bytes: usize,
+    /// Producing the workload: events/s.
+    pub produce_rate: f64,
+    /// Measured rows, in run order.
+    pub rows: Vec<Row>,
+    /// The latency run, when made.
+    pub latency: Option<latency::Latency>,
+}
+
+/// The stages a measured run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// events.raw -> events.valid / events.dlq.
+    Validate,
+    /// events.valid -> PostgreSQL profiles.
+    Profile,
+    /// events.valid -> ClickHouse.
+    Analytics,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Validate => "validate",
+            Self::Profile => "profile",
+            Self::Analytics => "analytics",
+        }
+    }
+}
+
+/// A per-run environment: topics under one prefix, its own PostgreSQL and
+/// ClickHouse databases, metrics ports, and a directory for configs and logs.
+pub struct Env {
+    /// The configuration the stages get.
+    pub cfg: LifecycleConfig,
+    /// Where configs and logs go.
+    pub dir: PathBuf,
+    tag: String,
+    databases: Vec<String>,
+    topics: Vec<String>,
+}
+
+impl Env {
+    /// A fresh environment under `bench-<tag>.`.
+    pub async fn new(base: &LifecycleConfig, root: &Path, tag: &str) -> Result<Self, String> {
+        let mut cfg = base.clone();
+        cfg.topics = TopicNames::with_prefix(format!("bench-{tag}."));
+        let dir = root.join(tag);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        cfg.validate.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 19101)));
+        cfg.profile.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 19102)));
+        cfg.analytics.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 19103)));
+        Ok(Self { cfg, dir, tag: tag.to_owned(), databases: Vec::new(), topics: Vec::new() })
+    }
+
+    /// Creates the topics of the current names (remembered for [`Env::clean`]) and registers the schemas.
+    pub async fn topics_and_schemas(&mut self) -> Result<lifecycle_schemas::client::Registration, String> {
+        self.topics.extend(Topic::ALL.iter().map(|&t| self.cfg.topics.name(t)));
+        lifecycle_jobs::setup::topics_and_schemas(&self.cfg).await
+    }
+
+    /// Gives the stages fresh consumer groups and fresh databases named after `run`.
+    pub async fn fresh(&mut self, run: &str) -> Result<(), String> {
+        let name = format!("bench_{}_{}", self.tag.replace('-', "_"), run);
+        self.cfg.validate.group_id = format!("{name}-validate");
+        self.cfg.profile.group_id = format!("{name}-profile");
+        self.cfg.analytics.group_id = format!("{name}-analytics");
+        let server = lifecycle_connectors::postgres::connect(&self.cfg.postgres).await.map_err(|e| e.to_string())?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&server).await.map_err(|e| e.to_string())?;
+        server.close().await;
+        let mut url = url::Url::parse(&self.cfg.postgres.url).map_err(|e| e.to_string())?;
+        url.set_path(&name);
+        self.cfg.postgres.url = url.to_string();
+        self.cfg.clickhouse.database = name.clone();
+        self.databases.push(name);
+        Ok(())
+    }
+
+    /// Writes the configuration for the stages; returns its path.
+    fn config_file(&self, run: &str) -> Result<PathBuf, String> {
+        let path = self.dir.join(format!("{run}.toml"));
+        let text = toml::to_string(&self.cfg).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Drops the databases this environment made.
+    pub async fn clean(&self, base: &LifecycleConfig) {
+        if let Ok(server) = lifecycle_connectors::postgres::connect(&base.postgres).await {
+            for db in &self.databases {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&server).await;
+            }
+        }
+        let http = reqwest::Client::new();
+        for db in &self.databases {
+            let _ = http.post(&base.clickhouse.url).body(format!("DROP DATABASE IF EXISTS {db}")).send().await;
+        }
+        // Topics are left in place: deleting topics made tansu 0.6's storage
+        // panic on the next idempotent produce ("more or less than one row").
+        println!("topics kept: {} (tansu cannot safely delete them)", self.topics.len());
+    }
+}
+
+/// Encodes the workload (as the benchmark's producers send it) and produces it.
+/// Returns the mean framed size and the produce rate (events/s).
+pub async fn produce(
+    cfg: &LifecycleConfig,
+    topic: &str,
+    schema_id: u32,
+    (events, users, seed): (usize, u32, u64),
+) -> Result<(usize, f64), String> {
+    use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+    let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
+    let envelope = files.envelope().map_err(|e| e.to_string())?;
+    let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), Limits::default());
+    let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id };
+    let mut w = Workload::new(seed, users, "b", Utc::now());
+    let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
+    let (mut sent, mut bytes, mut producing) = (0, 0, Duration::ZERO);
+    while sent < events {
+        let chunk: Vec<OutRecord> = (0..20_000.min(events - sent))
+            .map(|_| {
+                let e = w.next_event();
+                let payload = enc.encode(&e).unwrap_or_default();
+                bytes += payload.len();
+                let key = Some(e["user_id"].as_str().unwrap_or_default().as_bytes().to_vec());
+                OutRecord { topic: topic.to_owned(), key, payload, headers: vec![] }
+            })
+            .collect();
+        let t = Instant::now();
+        sink.send_all(&chunk).await.map_err(|e| format!("producing the workload: {e}"))?;
+        producing += t.elapsed();
+        sent += chunk.len();
+    }
+    Ok((bytes / events.max(1), events as f64 / producing.as_secs_f64().max(1e-9)))
+}
+
+/// Sum of the high watermarks of `topic`'s partitions.
+fn high_watermarks(c: &BaseConsumer, topic: &str, partitions: i32) -> u64 {
+    (0..partitions)
+        .filter_map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
+        .map(|(_, high)| u64::try_from(high).unwrap_or(0))
+        .sum()
+}
+
+/// Sum of the samples of `metric` (whose labels contain `labels`) at a Prometheus endpoint.
+fn scrape(addr: SocketAddr, metric: &str, labels: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return 0 };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n").is_err() {
+        return 0;
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(metric).is_some_and(|rest| rest.starts_with(['{', ' '])) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// `(started, done)` counts of a stage, from its metrics (and, for validate,
+/// from the output topic: its events count when they are in Kafka).
+fn progress(cfg: &LifecycleConfig, stage: Stage, out: &BaseConsumer) -> (u64, u64) {
+    let port = |a: Option<SocketAddr>| a.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    match stage {
+        Stage::Validate => {
+            let a = port(cfg.validate.metrics_addr);
+            let started = scrape(a, "lifecycle_validate_records_in_total", "");
+            let partitions = i32::from(Topic::EventsValid.default_partitions());
+            let valid = high_watermarks(out, &cfg.topics.name(Topic::EventsValid), partitions);
+            (started, valid + scrape(a, "lifecycle_validate_records_out_total", "dlq"))
+        }
+        Stage::Profile => {
+            let a = port(cfg.profile.metrics_addr);
+            let done = scrape(a, "lifecycle_profile_events_applied_total", "")
+                + scrape(a, "lifecycle_profile_skipped_total", "");
+            (scrape(a, "lifecycle_profile_records_in_total", ""), done)
+        }
+        Stage::Analytics => {
+            let a = port(cfg.analytics.metrics_addr);
+            let done = scrape(a, "lifecycle_analytics_rows_inserted_total", "table=\"events\"")
+                + scrape(a, "lifecycle_analytics_skipped_total", "");
+            (scrape(a, "lifecycle_analytics_records_in_total", ""), done)
+        }
+    }
+}
+
+/// Starts `lifecycle run <stage>` for each of `stages` with `env`'s configuration.
+pub fn start_stages(opts: &Options, env: &Env, run: &str, stages: &[Stage]) -> Result<Vec<Proc>, String> {
+    let config = env.config_file(run)?;
+    stages
+        .iter()
+        .map(|s| {
+            let mut cmd = Command::new(&opts.lifecycle);
+            cmd.arg("--config").arg(&config).args(["run", s.name()]).env("RUST_LOG", "warn");
+            Proc::spawn(s.name(), &mut cmd, Stdio::null(), &env.dir.join(format!("{run}-{}.log", s.name())))
+        })
+        .collect()
+}
+
+/// Runs `stages` together on `env` until the last of them has done `events`;
+/// times from the first record the first stage takes to the last one done.
+pub fn measure_stages(opts: &Options, env: &Env, run: &str, stages: &[Stage], events: usize) -> Result<Row, String> {
+    let mut procs = start_stages(opts, env, run, stages)?;
+    let out: BaseConsumer = env.cfg.kafka.consumer("bench-watermarks").create().map_err(|e| e.to_string())?;
+    let (mut first, mut last_change, mut last_done) = (None, Instant::now(), 0);
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let counts: Vec<(u64, u64)> = stages.iter().map(|&s| progress(&env.cfg, s, &out)).collect();
+        let done = counts.iter().map(|c| c.1).min().unwrap_or(0);
+        if first.is_none() && counts.first().is_some_and(|c| c.0 > 0) {
+            first = Some(Instant::now());
+        }
+        for p in &mut procs {
+            if !p.sample(done) {
+                return Err(format!("{} exited early; see {}", p.name, env.dir.display()));
+            }
+        }
+        if done >= events as u64 {
+            break;
+        }
+        if done != last_done {
+            (last_done, last_change) = (done, Instant::now());
+        }
+        if last_change.elapsed() > Duration::from_secs(180) {
+            return Err(format!("{run} stalled at {done}/{events} (logs in {})", env.dir.display()));
+        }
+    }
+    let wall = first.map_or(started.elapsed(), |f| f.elapsed());
+    let (mut usage, mut rss) = (Usage::default(), Vec::<RssSample>::new());
+    for p in procs {
+        let (u, samples) = p.stop(events as u64);
+        usage = usage + u;
+        for (i, s) in samples.into_iter().enumerate() {
+            match rss.get_mut(i) {
+                Some(r) => r.rss_kib += s.rss_kib,
+                None => rss.push(s),
+            }
+        }
+    }
+    Ok(Row { name: run.to_owned(), events, wall, usage, rss, broker_cpu: None })
+}
+
+/// The rdkafka raw consumer (this binary's `raw-consume`): reads `events` records, does nothing.
+pub fn measure_raw(opts: &Options, env: &Env, topic: &str, events: usize) -> Result<Row, String> {
+    let mut cmd = Command::new(&opts.me);
+    cmd.args(["raw-consume", "--bootstrap", &env.cfg.kafka.bootstrap_servers, "--topic", topic])
+        .args(["--count", &events.to_string()]);
+    let p = Proc::spawn("raw consume", &mut cmd, Stdio::piped(), &env.dir.join("raw.log"))?;
+    let (usage, out) = p.finish(Duration::from_secs(3600))?;
+    let wall = parse_elapsed(&out).ok_or_else(|| format!("raw consume printed {out:?}"))?;
+    Ok(Row { name: "raw consume (rdkafka)".into(), events, wall, usage, rss: Vec::new(), broker_cpu: None })
+}
+
+/// kcat -C over the topic, output discarded; timed as a whole process. Tried
+/// up to three times: kcat gives up at once when its first metadata request fails.
+pub fn measure_kcat(opts: &Options, env: &Env, topic: &str, events: usize) -> Result<Row, String> {
+    let lib = newer_librdkafka(opts, env)?;
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let mut cmd = Command::new("kcat");
+        if let Some(dir) = &lib {
+            cmd.env("LD_LIBRARY_PATH", dir);
+        }
+        cmd.args(["-C", "-q", "-e", "-b", &env.cfg.kafka.bootstrap_servers, "-t", topic, "-o", "beginning"])
+            .args(["-c", &events.to_string()]);
+        let t = Instant::now();
+        let p = Proc::spawn("kcat", &mut cmd, Stdio::null(), &env.dir.join(format!("kcat-{attempt}.log")))?;
+        match p.finish(Duration::from_secs(3600)) {
+            Ok((usage, _)) => {
+                return Ok(Row {
+                    name: "raw consume (kcat -C)".into(),
+                    events,
+                    wall: t.elapsed(),
+                    usage,
+                    rss: Vec::new(),
+                    broker_cpu: None,
+                });
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Err(format!("{last} (see {})", env.dir.display()))
+}
+
+/// A directory holding `librdkafka.so.1` from the confluent-kafka wheel (2.16),
+/// for kcat: Debian bookworm's librdkafka 2.0.2 fails to parse tansu's
+/// ApiVersion v3 response ("Read underflow"); kcat 1.7.1 runs unchanged on the
+/// newer library (same ABI). None when the wheel carries no library.
+fn newer_librdkafka(opts: &Options, env: &Env) -> Result<Option<PathBuf>, String> {
+    let venv = opts.python.parent().and_then(Path::parent).ok_or("python venv")?;
+    let found = std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("site-packages/confluent_kafka.libs"))
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("librdkafka")));
+    let Some(lib) = found else { return Ok(None) };
+    let dir = env.dir.join("librdkafka");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let link = dir.join("librdkafka.so.1");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+    Ok(Some(dir))
+}
+
+/// The Python peer on the topic.
+pub fn measure_peer(opts: &Options, env: &Env, topic: &str, events: usize) -> Result<Row, String> {
+    let mut cmd = Command::new(&opts.python);
+    cmd.arg(&opts.peer).args([&env.cfg.kafka.bootstrap_servers, topic, &events.to_string()]).arg(env.cfg.schemas_dir());
+    let p = Proc::spawn("python peer", &mut cmd, Stdio::piped(), &env.dir.join("peer.log"))?;
+    let (usage, out) = p.finish(Duration::from_secs(7200))?;
+    let wall = parse_elapsed(&out).ok_or_else(|| format!("the peer printed {out:?}"))?;
+    Ok(Row {
+        name: "Python peer (confluent-kafka + fastavro)".into(),
+        events,
+        wall,
+        usage,
+        rss: Vec::new(),
+        broker_cpu: None,
+    })
+}
+
+/// `elapsed_s` from a JSON line.
+fn parse_elapsed(out: &str) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_str(out.lines().last()?).ok()?;
+    Some(Duration::from_secs_f64(v["elapsed_s"].as_f64()?))
+}
+
+/// The raw consumer itself: assigns every partition from the beginning, polls
+/// `count` records and drops them; prints `{"elapsed_s": first to last}`.
+pub fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> Result<(), String> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let kafka = lifecycle_connectors::kafka::config::KafkaConfig {
+        bootstrap_servers: bootstrap.to_owned(),
+        ..Default::default()
+    };
+    let c: BaseConsumer = kafka.consumer("bench-raw").create().map_err(|e| e.to_string())?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, i32::try_from(p).unwrap_or(0), Offset::Beginning).map_err(|e| e.to_string())?;
+    }
+    c.assign(&tpl).map_err(|e| e.to_string())?;
+    let (mut seen, mut first, mut last_seen) = (0, None, Instant::now());
+    while seen < count {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                first.get_or_insert_with(Instant::now);
+                seen += 1;
+                last_seen = Instant::now();
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None if last_seen.elapsed() > Duration::from_secs(60) => {
+                return Err(format!("stalled at {seen}/{count}"));
+            }
+            None => {}
+        }
+    }
+    let elapsed = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
+    println!("{}", serde_json::json!({"elapsed_s": elapsed, "seen": seen}));
+    Ok(())
+}
+
+/// The whole run: see the module docs.
+pub async fn run(opts: &Options, base: &LifecycleConfig) -> Result<Results, String> {
+    let root = base.stack.data_dir.join("bench");
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    println!("bench {tag}: {} events, {} users; logs and configs in {}", opts.events, opts.users, root.display());
+    let mut env = Env::new(base, &root, &tag).await?;
+    let result = run_in(opts, &mut env).await;
+    env.clean(base).await;
+    result
+}
+
+async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
+    let mut res = Results::default();
+    let raw_topic = env.cfg.topics.name(Topic::EventsRaw);
+    let reg = env.topics_and_schemas().await?;
+    let (bytes, rate) = produce(&env.cfg, &raw_topic, reg.raw_envelope_id, (opts.events, opts.users, 42)).await?;
+    (res.event_bytes, res.produce_rate) = (bytes, rate);
+    println!("produced {} events ({bytes} bytes mean, framed Avro) at {rate:.0} events/s", opts.events);
+    let n = opts.events;
+    let show = |r: &Row| {
+        println!(
+            "  {:<44} {:>9.0} events/s {:>7.1} CPU s/M events {:>6.0} MiB peak {:>7.1} broker CPU s/M",
+            r.name,
+            r.rate(),
+            r.cpu_per_million(),
+            r.usage.peak_rss_kib as f64 / 1024.0,
+            r.broker_cpu_per_million().unwrap_or(0.0)
+        );
+    };
+    let push = |res: &mut Results, r: Row| {
+        show(&r);
+        res.rows.push(r);
+    };
+    // Each measurement also notes the broker's CPU time while it ran.
+    let broker = std::fs::read_to_string(env.cfg.stack.data_dir.join("run/tansu.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    let blocking = |f: &dyn Fn() -> Result<Row, String>| {
+        let before = broker.and_then(proc::cpu_of);
+        let mut row = tokio::task::block_in_place(f)?;
+        if let (Some(b), Some(a)) = (before, broker.and_then(proc::cpu_of)) {
+            row.broker_cpu = Some(a.saturating_sub(b));
+        }
+        Ok::<Row, String>(row)
+    };
+    if opts.soak {
+        env.fresh("pipeline").await?;
+        let r = blocking(&|| {
+            measure_stages(opts, env, "pipeline", &[Stage::Validate, Stage::Profile, Stage::Analytics], n)
+        })?;
+        push(&mut res, Row { name: "whole pipeline".into(), ..r });
+        return Ok(res);
+    }
+    let wanted = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == name);
+    if wanted("raw") {
+        push(&mut res, blocking(&|| measure_raw(opts, env, &raw_topic, n))?);
+    }
+    if wanted("kcat") {
+        push(&mut res, blocking(&|| measure_kcat(opts, env, &raw_topic, n))?);
+    }
+    if wanted("peer") {
+        push(&mut res, blocking(&|| measure_peer(opts, env, &raw_topic, n))?);
+    }
+
+    // Each stage alone: validate writes a topic of its own, which profile and
+    // analytics then read; the whole pipeline below starts again from events.raw.
+    let pipeline_topics = env.cfg.topics.clone();
+    env.cfg.topics.events_valid = Some("events.valid-alone".into());
+    env.topics_and_schemas().await?;
+    let downstream = wanted("profile") || wanted("analytics");
+    for (run, stage, label) in [
+        ("validate", Stage::Validate, "validate stage alone (Avro + rules -> Kafka)"),
+        ("profile", Stage::Profile, "profile stage alone (-> PostgreSQL)"),
+        ("analytics", Stage::Analytics, "ClickHouse sink alone"),
+    ] {
+        if !(wanted(run) || (run == "validate" && downstream)) {
+            continue;
+        }
+        env.fresh(run).await?;
+        let r = blocking(&|| measure_stages(opts, env, run, &[stage], n))?;
+        push(&mut res, Row { name: label.into(), ..r });
+    }
+    env.cfg.topics = pipeline_topics;
+    if wanted("pipeline") {
+        env.fresh("pipeline").await?;
+        let all = [Stage::Validate, Stage::Profile, Stage::Analytics];
+        let r = blocking(&|| measure_stages(opts, env, "pipeline", &all, n))?;
+        push(&mut res, Row { name: "whole pipeline (validate -> profile + ClickHouse)".into(), ..r });
+    }
+    if opts.latency_secs > 0 && wanted("latency") {
+        env.fresh("latency").await?;
+        env.cfg.topics = TopicNames::with_prefix(format!("{}latency.", env.cfg.topics.prefix));
+        env.topics_and_schemas().await?;
+        let l = latency::run(opts, env).await?;
+        println!("{}", l.summary());
+        res.latency = Some(l);
+    }
+    Ok(res)
+}
