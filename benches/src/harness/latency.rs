@@ -46,16 +46,19 @@ impl Latency {
         (n > 0).then(|| self.latencies[((n as f64 * q).ceil() as usize).clamp(1, n) - 1])
     }
 
+    /// `(p50, p99, max)` as "123 ms" ("-" when no probe was seen).
+    pub fn quantiles_ms(&self) -> [String; 3] {
+        let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0));
+        [ms(self.quantile(0.5)), ms(self.quantile(0.99)), ms(self.latencies.last().copied())]
+    }
+
     /// One line for the console.
     pub fn summary(&self) -> String {
-        let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0));
+        let [p50, p99, max] = self.quantiles_ms();
         format!(
-            "  latency at {} events/s offered ({:.0} achieved): p50 {}, p99 {}, max {} over {} of {} probes",
+            "  latency at {} events/s offered ({:.0} achieved): p50 {p50}, p99 {p99}, max {max} over {} of {} probes",
             self.offered,
             self.achieved,
-            ms(self.quantile(0.5)),
-            ms(self.quantile(0.99)),
-            ms(self.latencies.last().copied()),
             self.latencies.len(),
             self.probes
         )
