@@ -116,22 +116,8 @@ pub async fn run(
     tracing::info!(input = %raw_topic, valid = %ctx.valid_topic, dlq = %ctx.dlq_topic, group = %vc.group_id, "validation stage started");
     let mut writers = WriterSchemas::new(client, Duration::from_secs(vc.unknown_schema_ttl_secs));
     let mut last_lag = Instant::now();
-    // One batch in flight: while batch N's outputs are produced (and
-    // acknowledged), batch N+1 is read and validated; N is committed only
-    // after its outputs are durable, so delivery stays at-least-once.
-    let mut in_flight: Option<(Vec<RawRecord>, Vec<OutRecord>, Instant)> = None;
     loop {
-        let send = async {
-            if let Some((_, outputs, _)) = &in_flight {
-                send_with_retries(&sink, outputs, &m).await;
-            }
-        };
-        let (polled, ()) = tokio::join!(poller.next(&mut shutdown), send);
-        if let Some((batch, _, started)) = in_flight.take() {
-            commit_with_retries(&poller, &batch, &m).await;
-            m.batch_seconds.observe(started.elapsed().as_secs_f64());
-        }
-        let batch = match polled? {
+        let batch = match poller.next(&mut shutdown).await? {
             Polled::Batch(b) => b,
             Polled::Rejoined => continue,
             Polled::Shutdown => break,
@@ -142,6 +128,25 @@ pub async fn run(
         writers.fill(&ctx.envelope, &batch, &m.retries).await;
         let now = Utc::now();
         let outputs: Vec<OutRecord> = batch.iter().map(|r| output(&ctx, writers.cache(), r, now, &m)).collect();
+        let mut attempt = 0;
+        while let Err(e) = sink.send_all(&outputs).await {
+            m.retries.with_label_values(&["produce"]).inc();
+            tracing::warn!(error = %e, records = outputs.len(), attempt, "produce failed; retrying the batch");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        let mut attempt = 0;
+        while let Err(e) = poller.source().commit(&batch) {
+            m.retries.with_label_values(&["commit"]).inc();
+            if attempt >= 5 {
+                tracing::error!(error = %e, "commit failed 5 times; the batch will be re-processed after a restart");
+                break;
+            }
+            tracing::warn!(error = %e, attempt, "commit failed; retrying");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        m.batch_seconds.observe(started.elapsed().as_secs_f64());
         if last_lag.elapsed() > Duration::from_secs(5) {
             last_lag = Instant::now();
             if let Ok(lags) = poller.source().lag() {
@@ -150,35 +155,8 @@ pub async fn run(
                 }
             }
         }
-        tracing::debug!(records = batch.len(), ms = started.elapsed().as_millis() as u64, "batch validated");
-        in_flight = Some((batch, outputs, started));
+        tracing::debug!(records = batch.len(), ms = started.elapsed().as_millis() as u64, "batch done");
     }
     tracing::info!("validation stage stopped");
     Ok(())
-}
-
-/// Produces a batch's outputs, retrying the whole batch with backoff until it is acknowledged.
-async fn send_with_retries(sink: &KafkaSink, outputs: &[OutRecord], m: &ValidateMetrics) {
-    let mut attempt = 0;
-    while let Err(e) = sink.send_all(outputs).await {
-        m.retries.with_label_values(&["produce"]).inc();
-        tracing::warn!(error = %e, records = outputs.len(), attempt, "produce failed; retrying the batch");
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
-    }
-}
-
-/// Commits a batch's offsets (5 tries; after that a restart re-processes it).
-async fn commit_with_retries(poller: &Poller, batch: &[RawRecord], m: &ValidateMetrics) {
-    let mut attempt = 0;
-    while let Err(e) = poller.source().commit(batch) {
-        m.retries.with_label_values(&["commit"]).inc();
-        if attempt >= 5 {
-            tracing::error!(error = %e, "commit failed 5 times; the batch will be re-processed after a restart");
-            break;
-        }
-        tracing::warn!(error = %e, attempt, "commit failed; retrying");
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
-    }
 }
