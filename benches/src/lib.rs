@@ -49,64 +49,31 @@ impl Fixture {
     }
 }
 
-/// Generates `events` events of the standard mix for `users` users (seeded) and
-/// produces them, Avro-framed with `schema_id`, to `cfg`'s events.valid topic.
-/// Returns the generated events and the mean payload size.
+/// Generates `events` events of the standard mix for `users` users (seeded, ids
+/// made from the topic prefix) and produces them, Avro-framed with `schema_id`,
+/// to `cfg`'s events.valid topic. Returns the generated events and the mean payload size.
 pub async fn produce_valid(
     cfg: &lifecycle_jobs::LifecycleConfig,
     schema_id: u32,
     (events, users, seed): (usize, usize, u64),
 ) -> (Vec<serde_json::Value>, usize) {
-    use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
-    let files = SchemaFiles::load(&cfg.schemas_dir()).expect("schemas");
-    let envelope = files.envelope().expect("envelope");
-    let validator = Validator::new(Arc::new(files.catalog().expect("catalog")), Limits::default());
-    let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id };
-    let mut w = Workload::new(seed, u32::try_from(users).unwrap_or(u32::MAX), &cfg.topics.prefix, Utc::now());
     let topic = cfg.topics.name(lifecycle_pipeline::Topic::EventsValid);
-    let sink = KafkaSink::new(&cfg.kafka).expect("producer");
-    let (mut all, mut bytes) = (Vec::with_capacity(events), 0);
-    for _ in 0..events.div_ceil(5000) {
-        let chunk: Vec<OutRecord> = (0..5000.min(events - all.len()))
-            .map(|_| {
-                let e = w.next_event();
-                let payload = enc.encode(&e).expect("encode");
-                bytes += payload.len();
-                let key = Some(e["user_id"].as_str().unwrap_or_default().as_bytes().to_vec());
-                all.push(e);
-                OutRecord { topic: topic.clone(), key, payload, headers: vec![] }
-            })
-            .collect();
-        sink.send_all(&chunk).await.expect("produce");
-    }
-    (all, bytes / events.max(1))
+    let users = u32::try_from(users).unwrap_or(u32::MAX);
+    let mut all = Vec::with_capacity(events);
+    let (bytes, _) =
+        harness::produce(cfg, (&topic, schema_id), (events, users, seed), &cfg.topics.prefix, |e| all.push(e))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    (all, bytes)
 }
 
 /// The ceiling: an rdkafka consumer reading the first `n` records of `cfg`'s
-/// events.valid and doing nothing with them (on a blocking thread). Returns the wall time.
+/// events.valid and doing nothing with them (on a blocking thread). Returns the
+/// time from the first record to the last.
 pub async fn raw_consume(cfg: &lifecycle_jobs::LifecycleConfig, n: usize) -> std::time::Duration {
-    let (cfg, topic) = (cfg.clone(), cfg.topics.name(lifecycle_pipeline::Topic::EventsValid));
-    tokio::task::spawn_blocking(move || raw_consume_blocking(&cfg, &topic, n)).await.expect("raw consume")
-}
-
-fn raw_consume_blocking(cfg: &lifecycle_jobs::LifecycleConfig, topic: &str, n: usize) -> std::time::Duration {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-    use std::time::{Duration, Instant};
-    let c: BaseConsumer =
-        cfg.kafka.consumer(&format!("bench-raw-{}", uuid::Uuid::new_v4())).create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..i32::from(lifecycle_pipeline::Topic::EventsValid.default_partitions()) {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let start = Instant::now();
-    let mut seen = 0;
-    while seen < n {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
-            seen += 1;
-        }
-        assert!(start.elapsed() < Duration::from_secs(600), "raw consume stalled at {seen}/{n}");
-    }
-    start.elapsed()
+    let (kafka, topic) = (cfg.kafka.clone(), cfg.topics.name(lifecycle_pipeline::Topic::EventsValid));
+    tokio::task::spawn_blocking(move || harness::consume_and_drop(&kafka, &topic, n))
+        .await
+        .expect("raw consume")
+        .unwrap_or_else(|e| panic!("raw consume: {e}"))
 }

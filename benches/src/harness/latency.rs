@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lifecycle_connectors::postgres::profiles::resolve_user;
 use lifecycle_jobs::workload::{AvroEncoder, Workload};
-use lifecycle_pipeline::{Limits, Topic, Validator};
-use lifecycle_schemas::files::SchemaFiles;
+use lifecycle_pipeline::Topic;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use uuid::Uuid;
 
@@ -69,9 +68,7 @@ impl Latency {
 type Offered = Vec<(String, Vec<u8>, Option<Uuid>)>;
 
 fn offered(env: &Env, schema_id: u32, total: usize, users: u32) -> Result<Offered, String> {
-    let files = SchemaFiles::load(&env.cfg.schemas_dir()).map_err(|e| e.to_string())?;
-    let envelope = files.envelope().map_err(|e| e.to_string())?;
-    let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), Limits::default());
+    let (envelope, validator) = super::encoding(&env.cfg)?;
     let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id };
     let mut load = Workload::new(7, users, "l", Utc::now());
     let mut probes = Workload::new(8, u32::MAX, "probe", Utc::now());

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use lifecycle_connectors::kafka::config::KafkaConfig;
 use lifecycle_jobs::LifecycleConfig;
 use lifecycle_jobs::workload::{AvroEncoder, Workload};
+use lifecycle_pipeline::avro::Envelope;
 use lifecycle_pipeline::{Limits, Topic, TopicNames, Validator};
 use lifecycle_schemas::files::SchemaFiles;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -71,6 +73,11 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row of one process, without memory samples.
+    pub fn new(name: &str, events: usize, wall: Duration, usage: Usage) -> Self {
+        Self { name: name.to_owned(), events, wall, usage, rss: Vec::new(), broker_cpu: None }
+    }
+
     /// Events per second.
     pub fn rate(&self) -> f64 {
         self.events as f64 / self.wall.as_secs_f64().max(1e-9)
@@ -135,7 +142,7 @@ pub struct Env {
 
 impl Env {
     /// A fresh environment under `bench-<tag>.`.
-    pub async fn new(base: &LifecycleConfig, root: &Path, tag: &str) -> Result<Self, String> {
+    pub fn new(base: &LifecycleConfig, root: &Path, tag: &str) -> Result<Self, String> {
         let mut cfg = base.clone();
         cfg.topics = TopicNames::with_prefix(format!("bench-{tag}."));
         let dir = root.join(tag);
@@ -194,32 +201,43 @@ impl Env {
     }
 }
 
-/// Encodes the workload (as the benchmark's producers send it) and produces it.
-/// Returns the mean framed size and the produce rate (events/s).
-pub async fn produce(
-    cfg: &LifecycleConfig,
-    topic: &str,
-    schema_id: u32,
-    (events, users, seed): (usize, u32, u64),
-) -> Result<(usize, f64), String> {
-    use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+/// The envelope and a validator with default limits, from `cfg`'s schema directory:
+/// what the workload's Avro encoder needs.
+pub fn encoding(cfg: &LifecycleConfig) -> Result<(Envelope, Validator), String> {
     let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
     let envelope = files.envelope().map_err(|e| e.to_string())?;
     let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), Limits::default());
+    Ok((envelope, validator))
+}
+
+/// Generates `events` events of the standard mix for `users` users (seeded, ids
+/// made from `run_id`), encodes them as Confluent-framed Avro with `schema_id`
+/// and produces them to `topic`, handing each event to `keep` once encoded.
+/// Returns the mean framed size and the produce rate (events/s).
+pub async fn produce(
+    cfg: &LifecycleConfig,
+    (topic, schema_id): (&str, u32),
+    (events, users, seed): (usize, u32, u64),
+    run_id: &str,
+    mut keep: impl FnMut(serde_json::Value),
+) -> Result<(usize, f64), String> {
+    use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+    let (envelope, validator) = encoding(cfg)?;
     let enc = AvroEncoder { validator: &validator, envelope: &envelope, schema_id };
-    let mut w = Workload::new(seed, users, "b", Utc::now());
+    let mut w = Workload::new(seed, users, run_id, Utc::now());
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
     let (mut sent, mut bytes, mut producing) = (0, 0, Duration::ZERO);
     while sent < events {
-        let chunk: Vec<OutRecord> = (0..20_000.min(events - sent))
+        let chunk = (0..20_000.min(events - sent))
             .map(|_| {
                 let e = w.next_event();
-                let payload = enc.encode(&e).unwrap_or_default();
+                let payload = enc.encode(&e).map_err(|err| format!("encoding {e}: {err}"))?;
                 bytes += payload.len();
                 let key = Some(e["user_id"].as_str().unwrap_or_default().as_bytes().to_vec());
-                OutRecord { topic: topic.to_owned(), key, payload, headers: vec![] }
+                keep(e);
+                Ok(OutRecord { topic: topic.to_owned(), key, payload, headers: vec![] })
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         let t = Instant::now();
         sink.send_all(&chunk).await.map_err(|e| format!("producing the workload: {e}"))?;
         producing += t.elapsed();
@@ -343,10 +361,18 @@ pub fn measure_raw(opts: &Options, env: &Env, topic: &str, events: usize) -> Res
     let mut cmd = Command::new(&opts.me);
     cmd.args(["raw-consume", "--bootstrap", &env.cfg.kafka.bootstrap_servers, "--topic", topic])
         .args(["--count", &events.to_string()]);
-    let p = Proc::spawn("raw consume", &mut cmd, Stdio::piped(), &env.dir.join("raw.log"))?;
-    let (usage, out) = p.finish(Duration::from_secs(3600))?;
-    let wall = parse_elapsed(&out).ok_or_else(|| format!("raw consume printed {out:?}"))?;
-    Ok(Row { name: "raw consume (rdkafka)".into(), events, wall, usage, rss: Vec::new(), broker_cpu: None })
+    measure_reporting("raw consume (rdkafka)", &mut cmd, &env.dir.join("raw.log"), events)
+}
+
+/// Runs a process that consumes `events` records and prints `{"elapsed_s": ..}`
+/// (first record to last) as its last line; its CPU and memory come from `/proc`.
+fn measure_reporting(name: &str, cmd: &mut Command, log: &Path, events: usize) -> Result<Row, String> {
+    let p = Proc::spawn(name, cmd, Stdio::piped(), log)?;
+    let (usage, out) = p.finish(Duration::from_secs(7200))?;
+    let last = out.lines().last().unwrap_or_default();
+    let elapsed = serde_json::from_str::<serde_json::Value>(last).ok().and_then(|v| v["elapsed_s"].as_f64());
+    let wall = elapsed.ok_or_else(|| format!("{name} printed {out:?}"))?;
+    Ok(Row::new(name, events, Duration::from_secs_f64(wall), usage))
 }
 
 /// kcat -C over the topic, output discarded; timed as a whole process. Tried
@@ -364,16 +390,7 @@ pub fn measure_kcat(opts: &Options, env: &Env, topic: &str, events: usize) -> Re
         let t = Instant::now();
         let p = Proc::spawn("kcat", &mut cmd, Stdio::null(), &env.dir.join(format!("kcat-{attempt}.log")))?;
         match p.finish(Duration::from_secs(3600)) {
-            Ok((usage, _)) => {
-                return Ok(Row {
-                    name: "raw consume (kcat -C)".into(),
-                    events,
-                    wall: t.elapsed(),
-                    usage,
-                    rss: Vec::new(),
-                    broker_cpu: None,
-                });
-            }
+            Ok((usage, _)) => return Ok(Row::new("raw consume (kcat -C)", events, t.elapsed(), usage)),
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_secs(2));
@@ -408,33 +425,21 @@ fn newer_librdkafka(opts: &Options, env: &Env) -> Result<Option<PathBuf>, String
 pub fn measure_peer(opts: &Options, env: &Env, topic: &str, events: usize) -> Result<Row, String> {
     let mut cmd = Command::new(&opts.python);
     cmd.arg(&opts.peer).args([&env.cfg.kafka.bootstrap_servers, topic, &events.to_string()]).arg(env.cfg.schemas_dir());
-    let p = Proc::spawn("python peer", &mut cmd, Stdio::piped(), &env.dir.join("peer.log"))?;
-    let (usage, out) = p.finish(Duration::from_secs(7200))?;
-    let wall = parse_elapsed(&out).ok_or_else(|| format!("the peer printed {out:?}"))?;
-    Ok(Row {
-        name: "Python peer (confluent-kafka + fastavro)".into(),
-        events,
-        wall,
-        usage,
-        rss: Vec::new(),
-        broker_cpu: None,
-    })
+    measure_reporting("Python peer (confluent-kafka + fastavro)", &mut cmd, &env.dir.join("peer.log"), events)
 }
 
-/// `elapsed_s` from a JSON line.
-fn parse_elapsed(out: &str) -> Option<Duration> {
-    let v: serde_json::Value = serde_json::from_str(out.lines().last()?).ok()?;
-    Some(Duration::from_secs_f64(v["elapsed_s"].as_f64()?))
-}
-
-/// The raw consumer itself: assigns every partition from the beginning, polls
-/// `count` records and drops them; prints `{"elapsed_s": first to last}`.
+/// The raw consumer itself: prints `{"elapsed_s": first record to last}` of [`consume_and_drop`].
 pub fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> Result<(), String> {
+    let kafka = KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
+    let elapsed = consume_and_drop(&kafka, topic, count)?;
+    println!("{}", serde_json::json!({"elapsed_s": elapsed.as_secs_f64(), "seen": count}));
+    Ok(())
+}
+
+/// Assigns every partition of `topic` from the beginning, polls `count` records
+/// and drops them. Returns the time from the first record to the last.
+pub fn consume_and_drop(kafka: &KafkaConfig, topic: &str, count: usize) -> Result<Duration, String> {
     use rdkafka::{Offset, TopicPartitionList};
-    let kafka = lifecycle_connectors::kafka::config::KafkaConfig {
-        bootstrap_servers: bootstrap.to_owned(),
-        ..Default::default()
-    };
     let c: BaseConsumer = kafka.consumer("bench-raw").create().map_err(|e| e.to_string())?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
@@ -458,9 +463,7 @@ pub fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> Result<(), Str
             None => {}
         }
     }
-    let elapsed = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
-    println!("{}", serde_json::json!({"elapsed_s": elapsed, "seen": seen}));
-    Ok(())
+    Ok(first.map_or(Duration::ZERO, |f: Instant| f.elapsed()))
 }
 
 /// The whole run: see the module docs.
@@ -468,7 +471,7 @@ pub async fn run(opts: &Options, base: &LifecycleConfig) -> Result<Results, Stri
     let root = base.stack.data_dir.join("bench");
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     println!("bench {tag}: {} events, {} users; logs and configs in {}", opts.events, opts.users, root.display());
-    let mut env = Env::new(base, &root, &tag).await?;
+    let mut env = Env::new(base, &root, &tag)?;
     let result = run_in(opts, &mut env).await;
     env.clean(base).await;
     result
@@ -478,7 +481,8 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
     let mut res = Results::default();
     let raw_topic = env.cfg.topics.name(Topic::EventsRaw);
     let reg = env.topics_and_schemas().await?;
-    let (bytes, rate) = produce(&env.cfg, &raw_topic, reg.raw_envelope_id, (opts.events, opts.users, 42)).await?;
+    let workload = (opts.events, opts.users, 42);
+    let (bytes, rate) = produce(&env.cfg, (&raw_topic, reg.raw_envelope_id), workload, "b", drop).await?;
     (res.event_bytes, res.produce_rate) = (bytes, rate);
     println!("produced {} events ({bytes} bytes mean, framed Avro) at {rate:.0} events/s", opts.events);
     let n = opts.events;
