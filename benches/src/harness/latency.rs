@@ -15,6 +15,7 @@ use chrono::Utc;
 use lifecycle_connectors::postgres::profiles::resolve_user;
 use lifecycle_jobs::workload::{AvroEncoder, Workload};
 use lifecycle_pipeline::Topic;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use uuid::Uuid;
 
@@ -95,7 +96,7 @@ fn pace(
     records: &[(String, Vec<u8>, Option<Uuid>)],
     rate: u32,
     sent: &Mutex<Vec<(Uuid, Instant)>>,
-) -> Duration {
+) -> Result<Duration, String> {
     let start = Instant::now();
     let mut i = 0;
     while i < records.len() {
@@ -108,13 +109,15 @@ fn pace(
                 s.push((*user, Instant::now()));
             }
             let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_slice());
+            // A full queue is waited out; any other refusal ends the run.
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
-                    Err((_, r)) => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         producer.poll(Duration::from_millis(5));
                         record = r;
                     }
+                    Err((e, _)) => return Err(format!("producing the offered load: {e}")),
                 }
             }
             i += 1;
@@ -123,8 +126,8 @@ fn pace(
         std::thread::sleep(Duration::from_millis(2));
     }
     let took = start.elapsed();
-    let _ = producer.flush(Duration::from_secs(60));
-    took
+    producer.flush(Duration::from_secs(60)).map_err(|e| format!("flushing the offered load: {e}"))?;
+    Ok(took)
 }
 
 /// Probe users (of `users`, as stored: see `resolve_user`) whose profile is visible now.
@@ -187,7 +190,7 @@ pub async fn run(opts: &Options, env: &mut Env) -> Result<Latency, String> {
             }
         }
     }
-    let took = producing.join().map_err(|_| "the producer thread panicked")?;
+    let took = producing.join().map_err(|_| "the producer thread panicked")??;
     for p in procs {
         p.stop(0);
     }
