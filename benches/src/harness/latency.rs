@@ -80,6 +80,9 @@ fn offered(env: &Env, schema_id: u32, total: usize, users: u32) -> Result<Offere
             let mut e =
                 if probe { probes.event_of(u32::try_from(i).unwrap_or(0), "user.signup") } else { load.next_event() };
             if probe {
+                // event_of keeps the generator's event id; the profile stage drops
+                // repeated ids, so each probe gets its own.
+                e["event_id"] = serde_json::json!(format!("probe-{i}"));
                 e["timestamp"] = serde_json::json!(Utc::now().timestamp_millis());
             }
             let user = e["user_id"].as_str().unwrap_or_default().to_owned();
