@@ -21,7 +21,7 @@ pub struct OutRecord {
     pub headers: Vec<(&'static str, Vec<u8>)>,
 }
 
-/// Idempotent producer.
+/// A producer that keeps per-partition order (idempotent when `kafka.idempotence` is set).
 #[derive(Clone)]
 pub struct KafkaSink {
     producer: FutureProducer,
