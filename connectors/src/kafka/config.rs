@@ -53,20 +53,16 @@ impl KafkaConfig {
     /// batching, per-partition order kept across retries, either by idempotence
     /// (`idempotence = true`) or by a single request in flight.
     pub fn producer(&self) -> ClientConfig {
-        let ordering: [(&str, &str); 2] = if self.idempotence {
-            [("enable.idempotence", "true"), ("max.in.flight.requests.per.connection", "5")]
-        } else {
-            [("enable.idempotence", "false"), ("max.in.flight.requests.per.connection", "1")]
-        };
-        let common = [
+        let (idempotent, in_flight) = if self.idempotence { ("true", "5") } else { ("false", "1") };
+        self.client(&[
+            ("enable.idempotence", idempotent),
+            ("max.in.flight.requests.per.connection", in_flight),
             ("acks", "all"),
             ("linger.ms", "5"),
             ("batch.num.messages", "10000"),
             ("queue.buffering.max.messages", "200000"),
             ("message.timeout.ms", "60000"),
-        ];
-        let settings: Vec<(&str, &str)> = ordering.into_iter().chain(common).collect();
-        self.client(&settings)
+        ])
     }
 
     /// Consumer settings for `group`: no auto-commit (stages commit after their

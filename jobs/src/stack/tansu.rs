@@ -54,10 +54,11 @@ c.execute('create index if not exists lifecycle_record_topition_key_offset on re
 c.commit()
 ";
 
-fn add_indexes(s: &StackConfig) -> Result<(), StackError> {
+/// Adds [`INDEXES`] to the store; `false` when there is no store yet.
+fn add_indexes(s: &StackConfig) -> Result<bool, StackError> {
     let db = s.data_dir.join("tansu").join("tansu.db");
     if !db.is_file() {
-        return Ok(());
+        return Ok(false);
     }
     let out = Command::new("python3")
         .args(["-c", INDEXES])
@@ -67,7 +68,7 @@ fn add_indexes(s: &StackConfig) -> Result<(), StackError> {
     if !out.status.success() {
         return Err(err("tansu", format!("indexing {}: {}", db.display(), String::from_utf8_lossy(&out.stderr))));
     }
-    Ok(())
+    Ok(true)
 }
 
 pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
@@ -80,8 +81,9 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     let dir = s.data_dir.join("tansu");
     std::fs::create_dir_all(&dir).map_err(|e| err("tansu", e.to_string()))?;
     // Before the broker starts: its first maintenance pass runs at once and, on an
-    // unindexed store, holds the write lock for minutes.
-    add_indexes(s)?;
+    // unindexed store, holds the write lock for minutes. A new store is indexed
+    // once the broker has created it.
+    let indexed = add_indexes(s)?;
     let url = format!("tcp://127.0.0.1:{}", s.kafka_port);
     let mut cmd = Command::new(&bin);
     cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
@@ -97,7 +99,9 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     if !wait_for(Duration::from_secs(30), alive_or_open).await || !port_open(port).await {
         return Err(err("tansu", format!("not listening after 30 s; log {}:\n{}", log.display(), tail(&log, 20))));
     }
-    add_indexes(s)?;
+    if !indexed {
+        add_indexes(s)?;
+    }
     println!("kafka (tansu {}): started, pid {pid}, 127.0.0.1:{port}, data {}", s.tansu_version, dir.display());
     Ok(())
 }
