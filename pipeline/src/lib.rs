@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod dlq;
 pub mod error;
 pub mod event;
+pub mod intern;
 pub mod metrics;
 pub mod process;
 pub mod profile;

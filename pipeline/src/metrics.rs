@@ -144,6 +144,8 @@ pub struct ProfileMetrics {
     pub trigger_evaluations: IntCounterVec,
     /// Segment membership changes (`entered`, `exited`).
     pub segment_changes: IntCounterVec,
+    /// Estimated bytes of cached profiles.
+    pub cache_bytes: IntGauge,
 }
 
 impl ProfileMetrics {
@@ -158,9 +160,12 @@ impl ProfileMetrics {
             &["partition"],
         )?;
         r.register(Box::new(lag.clone()))?;
+        let cache_bytes = IntGauge::new("lifecycle_profile_cache_bytes", "Estimated bytes of cached profiles")?;
+        r.register(Box::new(cache_bytes.clone()))?;
         let m = Self {
             records_in,
             events_applied,
+            cache_bytes,
             skipped: counter_vec(r, "lifecycle_profile_skipped_total", "Records not applied, by reason", &["reason"])?,
             transitions: counter_vec(
                 r,

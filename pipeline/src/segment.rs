@@ -21,6 +21,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::intern::Name;
 use crate::workflow::bpmn::parse_duration;
 
 /// Comparison operators.
@@ -116,8 +117,8 @@ pub struct ConditionError {
 /// One recent event of the user.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecentEvent {
-    /// Its type.
-    pub event_type: String,
+    /// Its type (shared: a profile keeps many of these).
+    pub event_type: Name,
     /// When it happened.
     pub at: DateTime<Utc>,
 }

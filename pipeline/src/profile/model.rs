@@ -158,4 +158,38 @@ impl Profile {
     pub fn total_revenue(&self) -> f64 {
         self.transaction.total_revenue_cents as f64 / 100.0
     }
+
+    /// Roughly the bytes this profile occupies in memory, its own size and
+    /// what it owns on the heap (allocator overhead estimated): what a cache
+    /// of profiles charges against a byte budget. Shared event-type names in
+    /// [`Profile::recent_events`] are not counted: they are stored once.
+    pub fn approx_bytes(&self) -> usize {
+        // malloc rounds small allocations up and keeps a header per block.
+        fn heap(len: usize) -> usize {
+            if len == 0 { 0 } else { len.next_multiple_of(16) + 16 }
+        }
+        fn opt(s: &Option<String>) -> usize {
+            s.as_ref().map_or(0, |s| heap(s.capacity()))
+        }
+        // A B-tree entry: key and value inline in a node (about 11 per node,
+        // nodes about two thirds full), plus the key's own heap string.
+        fn map<V>(m: &BTreeMap<String, V>) -> usize {
+            m.keys().map(|k| heap(k.capacity()) + (size_of::<String>() + size_of::<V>()) * 3 / 2).sum()
+        }
+        let d = &self.demographic;
+        let strings = heap(self.user_id.capacity())
+            + opt(&self.email)
+            + opt(&self.name)
+            + [&d.date_of_birth, &d.gender, &d.country, &d.city, &d.timezone, &d.language, &d.device_type]
+                .into_iter()
+                .map(opt)
+                .sum::<usize>()
+            + opt(&self.transaction.subscription_tier);
+        size_of::<Self>()
+            + strings
+            + map(&self.behavioral.feature_usage_map)
+            + map(&self.behavioral.event_counts)
+            + self.event_types_seen.iter().map(|k| heap(k.capacity()) + size_of::<String>() * 3 / 2).sum::<usize>()
+            + heap(self.recent_events.capacity() * size_of::<RecentEvent>())
+    }
 }

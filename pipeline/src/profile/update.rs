@@ -7,6 +7,7 @@ use super::lifecycle::{LifecycleRules, Transition};
 use super::model::{AccountStatus, Profile, RECENT_EVENTS};
 use super::score::{ScoreParams, add_decayed, category_weight, customer_lifetime_value, engagement_score};
 use crate::event::Event;
+use crate::intern::Name;
 use crate::segment::RecentEvent;
 
 fn prop<'a>(props: Option<&'a Map<String, Value>>, key: &str) -> Option<&'a Value> {
@@ -57,7 +58,7 @@ impl Profile {
         *self.behavioral.event_counts.entry(t.to_owned()).or_insert(0) += 1;
         self.event_types_seen.insert(t.to_owned());
         let at = self.recent_events.partition_point(|r| r.at <= ts);
-        self.recent_events.insert(at, RecentEvent { event_type: t.to_owned(), at: ts });
+        self.recent_events.insert(at, RecentEvent { event_type: Name::new(t), at: ts });
         if self.recent_events.len() > RECENT_EVENTS {
             self.recent_events.remove(0);
         }
@@ -232,6 +233,23 @@ mod tests {
         let (rules, params) = (LifecycleRules::default(), ScoreParams::default());
         let transitions = events.iter().filter_map(|e| p.apply(e, &rules, &params)).collect();
         (p, transitions)
+    }
+
+    #[test]
+    fn memory_grows_with_recent_events_and_stops_at_their_cap() {
+        let (rules, params) = (LifecycleRules::default(), ScoreParams::default());
+        let mut p = Profile::new("u1");
+        let mut sizes = Vec::new();
+        for i in 0..3 * RECENT_EVENTS {
+            let ts = at(1, 0) + chrono::Duration::minutes(i as i64);
+            p.apply(&ev(&i.to_string(), "engagement.page_view", ts, json!({"page": "/"})), &rules, &params);
+            sizes.push(p.approx_bytes());
+        }
+        assert_eq!(p.recent_events.len(), RECENT_EVENTS);
+        assert!(sizes[RECENT_EVENTS - 1] > sizes[0] + RECENT_EVENTS * size_of::<RecentEvent>() / 2, "{sizes:?}");
+        assert_eq!(sizes[2 * RECENT_EVENTS], sizes[3 * RECENT_EVENTS - 1]);
+        // One shared name, however many recent events carry it.
+        assert!(p.recent_events.windows(2).all(|w| std::ptr::eq(w[0].event_type.as_str(), w[1].event_type.as_str())));
     }
 
     #[test]

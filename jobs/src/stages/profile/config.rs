@@ -21,8 +21,10 @@ pub struct ProfileConfig {
     pub rejoin_when_unassigned_secs: u64,
     /// How long applied event ids are remembered for deduplication, in hours.
     pub dedup_window_hours: u64,
-    /// Profiles kept in memory before the cache is dropped and rebuilt from PostgreSQL.
-    pub max_cached_profiles: usize,
+    /// Memory for cached profiles, in MiB (estimated; 0: no cache, every batch
+    /// loads its users from PostgreSQL). The least recently updated profiles
+    /// are dropped first, in halves of this.
+    pub cache_mib: usize,
     /// How often segment and trigger definitions are reloaded, in milliseconds.
     pub rules_reload_ms: u64,
     /// Lifecycle stage thresholds.
@@ -38,7 +40,7 @@ impl Default for ProfileConfig {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
             rejoin_when_unassigned_secs: 20,
             dedup_window_hours: 7 * 24,
-            max_cached_profiles: 200_000,
+            cache_mib: 256,
             rules_reload_ms: 5000,
             lifecycle: LifecycleRules::default(),
         }

@@ -16,7 +16,7 @@ use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_connectors::postgres::rules::{self, MembershipChange, RuleWrites};
 use lifecycle_connectors::postgres::{self, profiles};
 use lifecycle_pipeline::metrics::ProfileMetrics;
-use lifecycle_pipeline::profile::{LifecycleRules, Profile, ScoreParams, Transition};
+use lifecycle_pipeline::profile::{LifecycleRules, Profile, ProfileCache, ScoreParams, Transition};
 use lifecycle_pipeline::rules::Rules;
 use lifecycle_pipeline::{Event, Topic};
 use lifecycle_schemas::RegistryClient;
@@ -168,7 +168,7 @@ async fn apply_batch(
     ctx: &Ctx,
     pool: &PgPool,
     sink: &KafkaSink,
-    cache: &HashMap<String, Profile>,
+    cache: &ProfileCache,
     (batch, segments_and_triggers): (&[Decoded], &Rules),
     m: &ProfileMetrics,
 ) -> Result<HashMap<String, Profile>, String> {
@@ -196,7 +196,7 @@ async fn apply_batch(
         .map(|e| e.user_id.clone())
         .collect::<HashSet<_>>()
         .into_iter()
-        .filter(|u| !cache.contains_key(u))
+        .filter(|u| !cache.contains(u))
         .collect();
     let mut loaded = tx.load(&missing).await.map_err(|e| format!("load: {e}"))?;
     let mut working: HashMap<String, Profile> = HashMap::new();
@@ -329,7 +329,7 @@ pub async fn run(
         serve_metrics(addr, handle.registry.clone(), shutdown.clone());
     }
     tracing::info!(input = %ctx.topic, group = %ctx.group, "profile stage started");
-    let mut cache: HashMap<String, Profile> = HashMap::new();
+    let mut cache = ProfileCache::new(pc.cache_mib.saturating_mul(1 << 20));
     let mut rebalances = poller.source().rebalances();
     let mut last_housekeeping = Instant::now();
     let reload_every = Duration::from_millis(pc.rules_reload_ms);
@@ -392,10 +392,8 @@ pub async fn run(
             }
         };
         m.flush_seconds.observe(started.elapsed().as_secs_f64());
-        if cache.len() + updated.len() > pc.max_cached_profiles {
-            cache.clear();
-        }
-        cache.extend(updated);
+        cache.extend(updated.into_values());
+        m.cache_bytes.set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
         if let Err(e) = poller.source().commit(&batch) {
             tracing::debug!(error = %e, "kafka commit failed; PostgreSQL offsets stay authoritative");
         }
