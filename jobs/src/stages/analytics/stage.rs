@@ -140,8 +140,19 @@ async fn roll_dirty(ch: &Client, after: u32, m: &AnalyticsMetrics) -> Result<u32
     Ok(done.computed_at)
 }
 
-/// Rolls up every `every.0` and purges every `every.1` until `shutdown`;
-/// returns the time of its last rollup.
+/// A rollup recomputes whole days, so it takes longer as a day fills up; the
+/// pause after one is at least this many times as long as it took, which
+/// keeps rollups to at most a fifth of the time (and of ClickHouse) however
+/// large the days grow, at the price of staler `metrics_daily` on busy days.
+const ROLLUP_PAUSE_FACTOR: u32 = 4;
+
+/// The pause before the next rollup: the interval, or longer after a slow rollup.
+fn rollup_pause(interval: Duration, last_took: Duration) -> Duration {
+    interval.max(last_took * ROLLUP_PAUSE_FACTOR)
+}
+
+/// Rolls up every `every.0` (longer after slow rollups, see [`rollup_pause`])
+/// and purges every `every.1` until `shutdown`; returns the time of its last rollup.
 async fn rollup_loop(
     ch: Client,
     every: (Duration, Duration),
@@ -150,12 +161,16 @@ async fn rollup_loop(
 ) -> u32 {
     let mut last = 0;
     let mut purged = Instant::now();
+    let mut took = Duration::ZERO;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every.0) => {}
+            () = tokio::time::sleep(rollup_pause(every.0, took)) => {}
             _ = shutdown.wait_for(|s| *s) => return last,
         }
-        match roll_dirty(&ch, last, &m).await {
+        let started = Instant::now();
+        let rolled = roll_dirty(&ch, last, &m).await;
+        took = started.elapsed();
+        match rolled {
             Ok(t) => last = t,
             Err(e) => {
                 m.retries.with_label_values(&["rollup"]).inc();
@@ -168,5 +183,19 @@ async fn rollup_loop(
                 tracing::warn!(error = %e, "purging superseded rollups failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_rollups_are_spaced_out_in_proportion_to_their_cost() {
+        let interval = Duration::from_secs(5);
+        assert_eq!(rollup_pause(interval, Duration::ZERO), interval);
+        assert_eq!(rollup_pause(interval, Duration::from_millis(300)), interval);
+        assert_eq!(rollup_pause(interval, Duration::from_secs(3)), Duration::from_secs(12));
+        assert_eq!(rollup_pause(Duration::ZERO, Duration::from_secs(20)), Duration::from_secs(80));
     }
 }
