@@ -61,7 +61,7 @@ pub async fn produce_valid(
     let users = u32::try_from(users).unwrap_or(u32::MAX);
     let mut all = Vec::with_capacity(events);
     let (bytes, _) =
-        harness::produce(cfg, (&topic, schema_id), (events, users, seed), &cfg.topics.prefix, |e| all.push(e))
+        harness::produce(cfg, (&topic, schema_id), (events, users, seed), &cfg.topics.prefix, |e| all.push(e), None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     (all, bytes)

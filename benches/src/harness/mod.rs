@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -210,16 +211,25 @@ pub fn encoding(cfg: &LifecycleConfig) -> Result<(Envelope, Validator), String> 
     Ok((envelope, validator))
 }
 
+/// How far the memory run's feed may run ahead of the slowest stage, in
+/// events: tansu 0.6's fetch costs time in proportion to the consumer's lag
+/// (see benches/README.md), so the soak keeps the lag bounded instead of
+/// preloading its 10 million events.
+pub const SOAK_LAG: u64 = 100_000;
+
 /// Generates `events` events of the standard mix for `users` users (seeded, ids
 /// made from `run_id`), encodes them as Confluent-framed Avro with `schema_id`
 /// and produces them to `topic`, handing each event to `keep` once encoded.
-/// Returns the mean framed size and the produce rate (events/s).
+/// With a `gate`, no more events are sent than it allows (it is raised by
+/// whoever watches the consumers). Returns the mean framed size and the
+/// produce rate (events/s, time spent waiting on the gate excluded).
 pub async fn produce(
     cfg: &LifecycleConfig,
     (topic, schema_id): (&str, u32),
     (events, users, seed): (usize, u32, u64),
     run_id: &str,
     mut keep: impl FnMut(serde_json::Value),
+    gate: Option<&AtomicU64>,
 ) -> Result<(usize, f64), String> {
     use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
     let (envelope, validator) = encoding(cfg)?;
@@ -238,6 +248,9 @@ pub async fn produce(
                 Ok(OutRecord { topic: topic.to_owned(), key, payload, headers: vec![] })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        while gate.is_some_and(|g| (sent + chunk.len()) as u64 > g.load(Ordering::Relaxed)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let t = Instant::now();
         sink.send_all(&chunk).await.map_err(|e| format!("producing the workload: {e}"))?;
         producing += t.elapsed();
@@ -314,7 +327,14 @@ pub fn start_stages(opts: &Options, env: &Env, run: &str, stages: &[Stage]) -> R
 
 /// Runs `stages` together on `env` until the last of them has done `events`;
 /// times from the first record the first stage takes to the last one done.
-pub fn measure_stages(opts: &Options, env: &Env, run: &str, stages: &[Stage], events: usize) -> Result<Row, String> {
+/// With a `feed`, keeps its gate at `window` events past the slowest stage.
+pub fn measure_stages(
+    opts: &Options,
+    env: &Env,
+    (run, stages): (&str, &[Stage]),
+    events: usize,
+    feed: Option<(&AtomicU64, u64)>,
+) -> Result<Row, String> {
     let mut procs = start_stages(opts, env, run, stages)?;
     let out: BaseConsumer = env.cfg.kafka.consumer("bench-watermarks").create().map_err(|e| e.to_string())?;
     let (mut first, mut last_change, mut last_done) = (None, Instant::now(), 0);
@@ -323,6 +343,9 @@ pub fn measure_stages(opts: &Options, env: &Env, run: &str, stages: &[Stage], ev
         std::thread::sleep(Duration::from_millis(50));
         let counts: Vec<(u64, u64)> = stages.iter().map(|&s| progress(&env.cfg, s, &out)).collect();
         let done = counts.iter().map(|c| c.1).min().unwrap_or(0);
+        if let Some((gate, window)) = feed {
+            gate.fetch_max(done + window, Ordering::Relaxed);
+        }
         if first.is_none() && counts.first().is_some_and(|c| c.0 > 0) {
             first = Some(Instant::now());
         }
@@ -482,9 +505,11 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
     let raw_topic = env.cfg.topics.name(Topic::EventsRaw);
     let reg = env.topics_and_schemas().await?;
     let workload = (opts.events, opts.users, 42);
-    let (bytes, rate) = produce(&env.cfg, (&raw_topic, reg.raw_envelope_id), workload, "b", drop).await?;
-    (res.event_bytes, res.produce_rate) = (bytes, rate);
-    println!("produced {} events ({bytes} bytes mean, framed Avro) at {rate:.0} events/s", opts.events);
+    if !opts.soak {
+        let (bytes, rate) = produce(&env.cfg, (&raw_topic, reg.raw_envelope_id), workload, "b", drop, None).await?;
+        (res.event_bytes, res.produce_rate) = (bytes, rate);
+        println!("produced {} events ({bytes} bytes mean, framed Avro) at {rate:.0} events/s", opts.events);
+    }
     let n = opts.events;
     let show = |r: &Row| {
         println!(
@@ -512,11 +537,22 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
         }
         Ok::<Row, String>(row)
     };
+    let all = [Stage::Validate, Stage::Profile, Stage::Analytics];
     if opts.soak {
+        // Fed while the stages run, never more than SOAK_LAG events ahead of them.
         env.fresh("pipeline").await?;
-        let r = blocking(&|| {
-            measure_stages(opts, env, "pipeline", &[Stage::Validate, Stage::Profile, Stage::Analytics], n)
-        })?;
+        let gate = Arc::new(AtomicU64::new(SOAK_LAG));
+        let feed = tokio::spawn({
+            let (cfg, topic, gate, id) = (env.cfg.clone(), raw_topic.clone(), gate.clone(), reg.raw_envelope_id);
+            async move { produce(&cfg, (&topic, id), workload, "b", drop, Some(&gate)).await }
+        });
+        let measured = blocking(&|| measure_stages(opts, env, ("pipeline", &all), n, Some((&gate, SOAK_LAG))));
+        if measured.is_err() && feed.is_finished() {
+            feed.await.map_err(|e| e.to_string())??;
+            return Err("the feed finished but the stages did not".into());
+        }
+        let r = measured?;
+        (res.event_bytes, res.produce_rate) = feed.await.map_err(|e| e.to_string())??;
         push(&mut res, Row { name: "whole pipeline".into(), ..r });
         return Ok(res);
     }
@@ -546,14 +582,13 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
             continue;
         }
         env.fresh(run).await?;
-        let r = blocking(&|| measure_stages(opts, env, run, &[stage], n))?;
+        let r = blocking(&|| measure_stages(opts, env, (run, &[stage]), n, None))?;
         push(&mut res, Row { name: label.into(), ..r });
     }
     env.cfg.topics = pipeline_topics;
     if wanted("pipeline") {
         env.fresh("pipeline").await?;
-        let all = [Stage::Validate, Stage::Profile, Stage::Analytics];
-        let r = blocking(&|| measure_stages(opts, env, "pipeline", &all, n))?;
+        let r = blocking(&|| measure_stages(opts, env, ("pipeline", &all), n, None))?;
         push(&mut res, Row { name: "whole pipeline (validate -> profile + ClickHouse)".into(), ..r });
     }
     if opts.latency_secs > 0 && wanted("latency") {

@@ -65,10 +65,19 @@ pub fn markdown(opts: &Options, res: &Results, command: &str) -> String {
         "- Machine: {}. Broker (tansu), PostgreSQL, ClickHouse and the measured processes share it.",
         machine()
     );
+    let fed = if opts.soak {
+        format!(
+            "fed to the topic while the stages ran, at most {} events ahead of the slowest stage, at up to {:.0} events/s",
+            super::SOAK_LAG,
+            res.produce_rate
+        )
+    } else {
+        format!("produced at {:.0} events/s", res.produce_rate)
+    };
     let _ = writeln!(
         out,
-        "- Workload: {} events of the standard mix for {} Zipf-distributed users, {} bytes each on average (Confluent-framed Avro); produced at {:.0} events/s.\n",
-        opts.events, opts.users, res.event_bytes, res.produce_rate
+        "- Workload: {} events of the standard mix for {} Zipf-distributed users, {} bytes each on average (Confluent-framed Avro); {fed}.\n",
+        opts.events, opts.users, res.event_bytes
     );
     if opts.soak {
         if let Some(r) = res.rows.first() {
