@@ -217,6 +217,12 @@ pub fn encoding(cfg: &LifecycleConfig) -> Result<(Envelope, Validator), String> 
 /// preloading its 10 million events.
 pub const SOAK_LAG: u64 = 100_000;
 
+/// librdkafka settings of the memory run's clients (unless the configuration
+/// sets them): a group session and a produce timeout longer than tansu's
+/// maintenance stalls.
+pub const SOAK_CLIENT_PROPERTIES: [(&str, &str); 2] =
+    [("session.timeout.ms", "180000"), ("message.timeout.ms", "300000")];
+
 /// Generates `events` events of the standard mix for `users` users (seeded, ids
 /// made from `run_id`), encodes them as Confluent-framed Avro with `schema_id`
 /// and produces them to `topic`, handing each event to `keep` once encoded.
@@ -540,6 +546,13 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
     let all = [Stage::Validate, Stage::Profile, Stage::Analytics];
     if opts.soak {
         // Fed while the stages run, never more than SOAK_LAG events ahead of them.
+        // tansu's maintenance pass (every 10 minutes) blocks the broker for about a
+        // minute once the store holds millions of records: consumers that time out
+        // of their group then lose partitions to tansu's stale assignment (README,
+        // "The local stack"), so the memory run's clients wait out such a stall.
+        for (k, v) in SOAK_CLIENT_PROPERTIES {
+            env.cfg.kafka.properties.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+        }
         env.fresh("pipeline").await?;
         let gate = Arc::new(AtomicU64::new(SOAK_LAG));
         let feed = tokio::spawn({

@@ -67,9 +67,10 @@ pub fn markdown(opts: &Options, res: &Results, command: &str) -> String {
     );
     let fed = if opts.soak {
         format!(
-            "fed to the topic while the stages ran, at most {} events ahead of the slowest stage, at up to {:.0} events/s",
+            "fed to the topic while the stages ran, at most {} events ahead of the slowest stage, at up to {:.0} events/s; clients with {}",
             super::SOAK_LAG,
-            res.produce_rate
+            res.produce_rate,
+            super::SOAK_CLIENT_PROPERTIES.iter().map(|(k, v)| format!("`{k}={v}`")).collect::<Vec<_>>().join(", ")
         )
     } else {
         format!("produced at {:.0} events/s", res.produce_rate)
