@@ -54,6 +54,16 @@ enum Sub {
     },
 }
 
+/// Whether `program` is an executable file in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 /// Builds the `lifecycle` binary next to this one (a no-op when it is current).
 fn lifecycle_binary(me: &std::path::Path) -> Result<PathBuf, String> {
     let bin = me.with_file_name("lifecycle");
@@ -113,6 +123,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     if !opts.soak && !opts.python.is_file() {
         return Err(format!("{} missing: run `lifecycle stack up` first", opts.python.display()));
+    }
+    let kcat_wanted = opts.only.is_empty() || opts.only.iter().any(|o| o == "kcat");
+    if !opts.soak && kcat_wanted && !on_path("kcat") {
+        return Err(
+            "kcat not found on PATH: install it (Debian: `apt-get install kcat`) or leave it out with --only".into()
+        );
     }
     let results = harness::run(&opts, &cfg).await?;
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
