@@ -124,8 +124,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     if !opts.soak && !opts.python.is_file() {
         return Err(format!("{} missing: run `lifecycle stack up` first", opts.python.display()));
     }
-    let kcat_wanted = opts.only.is_empty() || opts.only.iter().any(|o| o == "kcat");
-    if !opts.soak && kcat_wanted && !on_path("kcat") {
+    if !opts.soak && opts.wants("kcat") && !on_path("kcat") {
         return Err(
             "kcat not found on PATH: install it (Debian: `apt-get install kcat`) or leave it out with --only".into()
         );

@@ -56,6 +56,13 @@ pub struct Options {
     pub peer: PathBuf,
 }
 
+impl Options {
+    /// Whether the run makes measurement `name` (see [`Options::only`]).
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+}
+
 /// One measured row.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -569,14 +576,13 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
         push(&mut res, Row { name: "whole pipeline".into(), ..r });
         return Ok(res);
     }
-    let wanted = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == name);
-    if wanted("raw") {
+    if opts.wants("raw") {
         push(&mut res, blocking(&|| measure_raw(opts, env, &raw_topic, n))?);
     }
-    if wanted("kcat") {
+    if opts.wants("kcat") {
         push(&mut res, blocking(&|| measure_kcat(opts, env, &raw_topic, n))?);
     }
-    if wanted("peer") {
+    if opts.wants("peer") {
         push(&mut res, blocking(&|| measure_peer(opts, env, &raw_topic, n))?);
     }
 
@@ -585,13 +591,13 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
     let pipeline_topics = env.cfg.topics.clone();
     env.cfg.topics.events_valid = Some("events.valid-alone".into());
     env.topics_and_schemas().await?;
-    let downstream = wanted("profile") || wanted("analytics");
+    let downstream = opts.wants("profile") || opts.wants("analytics");
     for (run, stage, label) in [
         ("validate", Stage::Validate, "validate stage alone (Avro + rules -> Kafka)"),
         ("profile", Stage::Profile, "profile stage alone (-> PostgreSQL)"),
         ("analytics", Stage::Analytics, "ClickHouse sink alone"),
     ] {
-        if !(wanted(run) || (run == "validate" && downstream)) {
+        if !(opts.wants(run) || (run == "validate" && downstream)) {
             continue;
         }
         env.fresh(run).await?;
@@ -599,12 +605,12 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
         push(&mut res, Row { name: label.into(), ..r });
     }
     env.cfg.topics = pipeline_topics;
-    if wanted("pipeline") {
+    if opts.wants("pipeline") {
         env.fresh("pipeline").await?;
         let r = blocking(&|| measure_stages(opts, env, ("pipeline", &all), n, None))?;
         push(&mut res, Row { name: "whole pipeline (validate -> profile + ClickHouse)".into(), ..r });
     }
-    if opts.latency_secs > 0 && wanted("latency") {
+    if opts.latency_secs > 0 && opts.wants("latency") {
         env.fresh("latency").await?;
         env.cfg.topics = TopicNames::with_prefix(format!("{}latency.", env.cfg.topics.prefix));
         env.topics_and_schemas().await?;
