@@ -14,11 +14,34 @@ use super::model::Profile;
 /// A byte-bounded map from user id to profile.
 #[derive(Debug)]
 pub struct ProfileCache {
-    young: HashMap<String, (Profile, usize)>,
-    old: HashMap<String, (Profile, usize)>,
-    young_bytes: usize,
-    old_bytes: usize,
+    young: Generation,
+    old: Generation,
     budget: usize,
+}
+
+/// Profiles with the bytes charged for each, and their sum.
+#[derive(Debug, Default)]
+struct Generation {
+    profiles: HashMap<String, (Profile, usize)>,
+    bytes: usize,
+}
+
+impl Generation {
+    fn get(&self, user_id: &str) -> Option<&Profile> {
+        self.profiles.get(user_id).map(|(p, _)| p)
+    }
+
+    fn insert(&mut self, profile: Profile, bytes: usize) {
+        self.remove(&profile.user_id);
+        self.bytes += bytes;
+        self.profiles.insert(profile.user_id.clone(), (profile, bytes));
+    }
+
+    fn remove(&mut self, user_id: &str) {
+        if let Some((_, b)) = self.profiles.remove(user_id) {
+            self.bytes -= b;
+        }
+    }
 }
 
 /// Bytes charged per entry beyond the profile: the map's slot and the key.
@@ -29,17 +52,17 @@ fn entry_overhead(user_id: &str) -> usize {
 impl ProfileCache {
     /// An empty cache holding about `budget` bytes at most (0: holds nothing).
     pub fn new(budget: usize) -> Self {
-        Self { young: HashMap::new(), old: HashMap::new(), young_bytes: 0, old_bytes: 0, budget }
+        Self { young: Generation::default(), old: Generation::default(), budget }
     }
 
     /// The cached profile of `user_id`.
     pub fn get(&self, user_id: &str) -> Option<&Profile> {
-        self.young.get(user_id).or_else(|| self.old.get(user_id)).map(|(p, _)| p)
+        self.young.get(user_id).or_else(|| self.old.get(user_id))
     }
 
     /// Whether `user_id` is cached.
     pub fn contains(&self, user_id: &str) -> bool {
-        self.young.contains_key(user_id) || self.old.contains_key(user_id)
+        self.get(user_id).is_some()
     }
 
     /// Caches `profile` (replacing the user's previous one).
@@ -49,18 +72,12 @@ impl ProfileCache {
             self.remove(&profile.user_id);
             return;
         }
-        if let Some((_, b)) = self.old.remove(&profile.user_id) {
-            self.old_bytes -= b;
-        }
-        if self.young_bytes + bytes > self.budget / 2 {
+        self.old.remove(&profile.user_id);
+        self.young.remove(&profile.user_id);
+        if self.young.bytes + bytes > self.budget / 2 {
             self.old = std::mem::take(&mut self.young);
-            self.old_bytes = std::mem::replace(&mut self.young_bytes, 0);
         }
-        let user_id = profile.user_id.clone();
-        if let Some((_, b)) = self.young.insert(user_id, (profile, bytes)) {
-            self.young_bytes -= b;
-        }
-        self.young_bytes += bytes;
+        self.young.insert(profile, bytes);
     }
 
     /// Caches every profile of `profiles`.
@@ -72,12 +89,8 @@ impl ProfileCache {
 
     /// Forgets `user_id`.
     pub fn remove(&mut self, user_id: &str) {
-        if let Some((_, b)) = self.young.remove(user_id) {
-            self.young_bytes -= b;
-        }
-        if let Some((_, b)) = self.old.remove(user_id) {
-            self.old_bytes -= b;
-        }
+        self.young.remove(user_id);
+        self.old.remove(user_id);
     }
 
     /// Forgets everything (partitions moved: other instances may have changed these users).
@@ -87,7 +100,7 @@ impl ProfileCache {
 
     /// Profiles cached.
     pub fn len(&self) -> usize {
-        self.young.len() + self.old.len()
+        self.young.profiles.len() + self.old.profiles.len()
     }
 
     /// Whether nothing is cached.
@@ -97,7 +110,7 @@ impl ProfileCache {
 
     /// Estimated bytes held (see [`Profile::approx_bytes`]).
     pub fn bytes(&self) -> usize {
-        self.young_bytes + self.old_bytes
+        self.young.bytes + self.old.bytes
     }
 }
 
@@ -164,6 +177,15 @@ mod tests {
         assert_eq!(c.bytes(), 3 * one);
         c.insert(profile("u3", 0)); // rotation: u2, u0 old; u1 dropped
         assert!(c.contains("u0") && c.contains("u2") && c.contains("u3") && !c.contains("u1"));
+    }
+
+    #[test]
+    fn updating_a_young_profile_does_not_rotate_or_keep_its_old_copy() {
+        let one = profile("u0", 0).approx_bytes() + entry_overhead("u0");
+        let mut c = ProfileCache::new(one * 4);
+        c.extend([profile("u0", 0), profile("u1", 0)]);
+        c.insert(profile("u1", 0)); // replaces u1 in place: still half the budget
+        assert_eq!((c.len(), c.bytes()), (2, 2 * one));
     }
 
     #[test]
