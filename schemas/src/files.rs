@@ -8,9 +8,24 @@ use lifecycle_pipeline::avro::Envelope;
 
 use crate::error::SchemasError;
 
-/// The default schema directory: the `avro/` folder of this crate.
+/// The checkout the program runs in: the nearest directory, from the working
+/// directory up, that holds `schemas/avro/envelope.avsc`; else the checkout this
+/// crate was compiled in. Found at run time because builds are shared: one target
+/// directory (`~/.cache/lifecycle/target`) serves every checkout, and cargo keeps
+/// an artifact compiled in another checkout when this one's sources are older.
+pub fn checkout_root() -> PathBuf {
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_path_buf();
+    std::env::current_dir().ok().and_then(|cwd| checkout_above(&cwd)).unwrap_or(compiled)
+}
+
+/// The nearest of `dir` and its ancestors that holds `schemas/avro/envelope.avsc`.
+fn checkout_above(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|d| d.join("schemas/avro/envelope.avsc").is_file()).map(Path::to_path_buf)
+}
+
+/// The default schema directory: `schemas/avro` of the [`checkout_root`].
 pub fn default_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/avro"))
+    checkout_root().join("schemas/avro")
 }
 
 /// The schema texts of one directory.
@@ -66,6 +81,21 @@ impl SchemaFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checkout_is_the_nearest_directory_up_holding_the_schemas() {
+        let tmp = std::env::temp_dir().join(format!("lifecycle-checkout-{}", std::process::id()));
+        let inner = tmp.join("outer/deep/er");
+        std::fs::create_dir_all(&inner).expect("dirs");
+        assert_eq!(checkout_above(&inner), None);
+        for root in [&tmp, &tmp.join("outer")] {
+            std::fs::create_dir_all(root.join("schemas/avro")).expect("schemas dir");
+            std::fs::write(root.join("schemas/avro/envelope.avsc"), "{}").expect("envelope");
+        }
+        assert_eq!(checkout_above(&inner), Some(tmp.join("outer")));
+        assert_eq!(checkout_above(&tmp), Some(tmp.clone()));
+        std::fs::remove_dir_all(&tmp).expect("cleanup");
+    }
 
     #[test]
     fn the_shipped_schemas_load_and_cover_the_standard_taxonomy() {

@@ -107,7 +107,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         None => LifecycleConfig::default(),
     };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = lifecycle_schemas::files::checkout_root().join("benches");
     let opts = Options {
         events: cli.events.unwrap_or(if cli.soak { 10_000_000 } else { 1_000_000 }),
         users: cli.users,

@@ -40,9 +40,7 @@ impl Default for StackConfig {
     fn default() -> Self {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
         Self {
-            data_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .map_or_else(|| PathBuf::from(".lifecycle"), |repo| repo.join(".lifecycle")),
+            data_dir: lifecycle_schemas::files::checkout_root().join(".lifecycle"),
             cache_dir: home.join(".cache/lifecycle"),
             tansu_version: "0.6.0".into(),
             kafka_port: 9092,
