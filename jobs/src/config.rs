@@ -184,5 +184,9 @@ mod tests {
         assert_eq!(cfg.profile, defaults.profile);
         assert_eq!(cfg.validate, defaults.validate);
         assert_eq!(cfg.workflows, defaults.workflows);
+        let ports = |s: &crate::stack::StackConfig| {
+            (s.kafka_port, s.postgres_port, s.clickhouse_http_port, s.clickhouse_tcp_port, s.tansu_maintenance_minutes)
+        };
+        assert_eq!(ports(&cfg.stack), ports(&defaults.stack));
     }
 }

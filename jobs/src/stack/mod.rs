@@ -34,6 +34,9 @@ pub struct StackConfig {
     pub clickhouse_http_port: u16,
     /// ClickHouse native-protocol port (clickhouse-client).
     pub clickhouse_tcp_port: u16,
+    /// Minutes between tansu's maintenance passes (retention and compaction; tansu's own
+    /// default is 10). Each pass blocks the broker for a time that grows with the store.
+    pub tansu_maintenance_minutes: u64,
 }
 
 impl Default for StackConfig {
@@ -47,8 +50,15 @@ impl Default for StackConfig {
             postgres_port: 5432,
             clickhouse_http_port: 8123,
             clickhouse_tcp_port: 9000,
+            tansu_maintenance_minutes: 10,
         }
     }
+}
+
+/// The maintenance interval, in minutes, of the running tansu broker started by
+/// this project (`None` when there is none, or it predates the setting).
+pub fn tansu_maintenance_minutes(s: &StackConfig) -> Option<u64> {
+    tansu::running_maintenance_minutes(s)
 }
 
 /// A stack operation failed.

@@ -71,10 +71,33 @@ fn add_indexes(s: &StackConfig) -> Result<bool, StackError> {
     Ok(true)
 }
 
+/// The maintenance interval, in minutes, the running broker was started with
+/// (`None` when it was not started by this project or predates the setting).
+pub(super) fn running_maintenance_minutes(s: &StackConfig) -> Option<u64> {
+    let pid = running_pid(&pid_file(s, "tansu"))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    maintenance_minutes_in(&String::from_utf8_lossy(&cmdline))
+}
+
+/// The `maintenance_interval=<N>m` of a broker's command line (`/proc/<pid>/cmdline`).
+fn maintenance_minutes_in(cmdline: &str) -> Option<u64> {
+    let (_, rest) = cmdline.split_once("maintenance_interval=")?;
+    rest.split(['\0', '&']).next()?.strip_suffix('m')?.parse().ok()
+}
+
 pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     if port_open(s.kafka_port).await {
         add_indexes(s)?;
         println!("kafka (tansu): already answering on 127.0.0.1:{}", s.kafka_port);
+        let running = running_maintenance_minutes(s);
+        if running.is_some_and(|m| m != s.tansu_maintenance_minutes.max(1)) {
+            println!(
+                "kafka (tansu): note: it runs maintenance every {} min, the configuration says {}; \
+                 `stack down` then `stack up` to apply",
+                running.unwrap_or_default(),
+                s.tansu_maintenance_minutes
+            );
+        }
         return Ok(());
     }
     let bin = install(s)?;
@@ -88,7 +111,7 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     let mut cmd = Command::new(&bin);
     cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
         // tansu resolves the sqlite path against its working directory.
-        .arg("sqlite://tansu.db")
+        .arg(format!("sqlite://tansu.db?maintenance_interval={}m", s.tansu_maintenance_minutes.max(1)))
         .env("RUST_LOG", "warn")
         .current_dir(&dir);
     let log = log_file(s, "tansu");
@@ -102,7 +125,12 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     if !indexed {
         add_indexes(s)?;
     }
-    println!("kafka (tansu {}): started, pid {pid}, 127.0.0.1:{port}, data {}", s.tansu_version, dir.display());
+    println!(
+        "kafka (tansu {}): started, pid {pid}, 127.0.0.1:{port}, data {}, maintenance every {} min",
+        s.tansu_version,
+        dir.display(),
+        s.tansu_maintenance_minutes.max(1)
+    );
     Ok(())
 }
 
@@ -123,5 +151,19 @@ pub(super) async fn status(s: &StackConfig) -> ServiceStatus {
             || "not started by this project".into(),
             |p| format!("pid {p}, log {}", log_file(s, "tansu").display()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::maintenance_minutes_in;
+
+    #[test]
+    fn the_running_maintenance_interval_is_read_from_the_command_line() {
+        let line = "tansu\0broker\0--storage-engine\0sqlite://tansu.db?maintenance_interval=1440m\0";
+        assert_eq!(maintenance_minutes_in(line), Some(1440));
+        assert_eq!(maintenance_minutes_in("tansu\0sqlite://tansu.db?maintenance_interval=10m&x=1"), Some(10));
+        assert_eq!(maintenance_minutes_in("tansu\0broker\0--storage-engine\0sqlite://tansu.db\0"), None);
+        assert_eq!(maintenance_minutes_in("tansu\0sqlite://tansu.db?maintenance_interval=1h\0"), None);
     }
 }
