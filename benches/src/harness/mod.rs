@@ -78,12 +78,15 @@ pub struct Row {
     pub rss: Vec<RssSample>,
     /// CPU time the broker (tansu) spent during the measurement.
     pub broker_cpu: Option<Duration>,
+    /// Why a fed run ended before all its events were done (`events` then counts
+    /// those done).
+    pub stalled: Option<String>,
 }
 
 impl Row {
     /// A row of one process, without memory samples.
     pub fn new(name: &str, events: usize, wall: Duration, usage: Usage) -> Self {
-        Self { name: name.to_owned(), events, wall, usage, rss: Vec::new(), broker_cpu: None }
+        Self { name: name.to_owned(), events, wall, usage, rss: Vec::new(), broker_cpu: None, stalled: None }
     }
 
     /// Events per second.
@@ -113,6 +116,10 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// The latency run, when made.
     pub latency: Option<latency::Latency>,
+    /// Minutes between the broker's maintenance passes, when known.
+    pub broker_maintenance_minutes: Option<u64>,
+    /// The memory run's effective settings for the keys of [`SOAK_CLIENT_PROPERTIES`].
+    pub soak_client_properties: Vec<(String, String)>,
 }
 
 /// The stages a measured run starts.
@@ -224,6 +231,9 @@ pub fn encoding(cfg: &LifecycleConfig) -> Result<(Envelope, Validator), String> 
 /// preloading its 10 million events.
 pub const SOAK_LAG: u64 = 100_000;
 
+/// A gate at this value tells [`produce`] to stop feeding.
+pub const GATE_STOP: u64 = u64::MAX;
+
 /// librdkafka settings of the memory run's clients (unless the configuration
 /// sets them): a group session and a produce timeout longer than tansu's
 /// maintenance stalls.
@@ -234,8 +244,9 @@ pub const SOAK_CLIENT_PROPERTIES: [(&str, &str); 2] =
 /// made from `run_id`), encodes them as Confluent-framed Avro with `schema_id`
 /// and produces them to `topic`, handing each event to `keep` once encoded.
 /// With a `gate`, no more events are sent than it allows (it is raised by
-/// whoever watches the consumers). Returns the mean framed size and the
-/// produce rate (events/s, time spent waiting on the gate excluded).
+/// whoever watches the consumers) and none after it is set to [`GATE_STOP`].
+/// Returns the mean framed size and the produce rate (events/s, time spent
+/// waiting on the gate excluded).
 pub async fn produce(
     cfg: &LifecycleConfig,
     (topic, schema_id): (&str, u32),
@@ -264,12 +275,15 @@ pub async fn produce(
         while gate.is_some_and(|g| (sent + chunk.len()) as u64 > g.load(Ordering::Relaxed)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if gate.is_some_and(|g| g.load(Ordering::Relaxed) == GATE_STOP) {
+            break;
+        }
         let t = Instant::now();
         sink.send_all(&chunk).await.map_err(|e| format!("producing the workload: {e}"))?;
         producing += t.elapsed();
         sent += chunk.len();
     }
-    Ok((bytes / events.max(1), events as f64 / producing.as_secs_f64().max(1e-9)))
+    Ok((bytes / sent.max(1), sent as f64 / producing.as_secs_f64().max(1e-9)))
 }
 
 /// Sum of the high watermarks of `topic`'s partitions.
@@ -340,7 +354,8 @@ pub fn start_stages(opts: &Options, env: &Env, run: &str, stages: &[Stage]) -> R
 
 /// Runs `stages` together on `env` until the last of them has done `events`;
 /// times from the first record the first stage takes to the last one done.
-/// With a `feed`, keeps its gate at `window` events past the slowest stage.
+/// With a `feed`, keeps its gate at `window` events past the slowest stage, and
+/// when the stages stall closes the gate and returns what was measured so far.
 pub fn measure_stages(
     opts: &Options,
     env: &Env,
@@ -351,7 +366,7 @@ pub fn measure_stages(
     let mut procs = start_stages(opts, env, run, stages)?;
     let out: BaseConsumer = env.cfg.kafka.consumer("bench-watermarks").create().map_err(|e| e.to_string())?;
     let (mut first, mut last_change, mut last_done) = (None, Instant::now(), 0);
-    let started = Instant::now();
+    let (started, mut stalled) = (Instant::now(), None);
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let counts: Vec<(u64, u64)> = stages.iter().map(|&s| progress(&env.cfg, s, &out)).collect();
@@ -374,9 +389,15 @@ pub fn measure_stages(
             (last_done, last_change) = (done, Instant::now());
         }
         if last_change.elapsed() > Duration::from_secs(180) {
-            return Err(format!("{run} stalled at {done}/{events} (logs in {})", env.dir.display()));
+            let why = format!("{run} stalled at {done}/{events} (logs in {})", env.dir.display());
+            // A fed run keeps what it measured up to the stall.
+            let Some((gate, _)) = feed else { return Err(why) };
+            gate.store(GATE_STOP, Ordering::Relaxed);
+            stalled = Some(why);
+            break;
         }
     }
+    let events = if stalled.is_some() { usize::try_from(last_done).unwrap_or(events) } else { events };
     let wall = first.map_or(started.elapsed(), |f| f.elapsed());
     let (mut usage, mut rss) = (Usage::default(), Vec::<RssSample>::new());
     for p in procs {
@@ -389,7 +410,7 @@ pub fn measure_stages(
             }
         }
     }
-    Ok(Row { name: run.to_owned(), events, wall, usage, rss, broker_cpu: None })
+    Ok(Row { name: run.to_owned(), events, wall, usage, rss, broker_cpu: None, stalled })
 }
 
 /// The rdkafka raw consumer (this binary's `raw-consume`): reads `events` records, does nothing.
@@ -551,14 +572,18 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
         Ok::<Row, String>(row)
     };
     let all = [Stage::Validate, Stage::Profile, Stage::Analytics];
+    res.broker_maintenance_minutes = lifecycle_jobs::stack::tansu_maintenance_minutes(&env.cfg.stack);
     if opts.soak {
         // Fed while the stages run, never more than SOAK_LAG events ahead of them.
-        // tansu's maintenance pass (every 10 minutes) blocks the broker for about a
-        // minute once the store holds millions of records: consumers that time out
-        // of their group then lose partitions to tansu's stale assignment (README,
-        // "The local stack"), so the memory run's clients wait out such a stall.
+        // tansu's maintenance pass (every `stack.tansu_maintenance_minutes`) blocks
+        // the broker for minutes once the store holds millions of records: consumers
+        // that time out of their group then lose partitions to tansu's stale
+        // assignment (README, "The local stack"), so the memory run's clients wait
+        // out such a stall, and the run is meant for a stack whose interval is longer
+        // than the run (benches/README.md).
         for (k, v) in SOAK_CLIENT_PROPERTIES {
-            env.cfg.kafka.properties.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+            let v = env.cfg.kafka.properties.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+            res.soak_client_properties.push((k.to_owned(), v.clone()));
         }
         env.fresh("pipeline").await?;
         let gate = Arc::new(AtomicU64::new(SOAK_LAG));
@@ -572,6 +597,7 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
             return Err("the feed finished but the stages did not".into());
         }
         let r = measured?;
+        // After a stall the gate is closed: the feed stops at its next chunk.
         (res.event_bytes, res.produce_rate) = feed.await.map_err(|e| e.to_string())??;
         push(&mut res, Row { name: "whole pipeline".into(), ..r });
         return Ok(res);

@@ -70,10 +70,14 @@ pub fn markdown(opts: &Options, res: &Results, command: &str) -> String {
             "fed to the topic while the stages ran, at most {} events ahead of the slowest stage, at up to {:.0} events/s; clients with {}",
             super::SOAK_LAG,
             res.produce_rate,
-            super::SOAK_CLIENT_PROPERTIES.iter().map(|(k, v)| format!("`{k}={v}`")).collect::<Vec<_>>().join(", ")
+            res.soak_client_properties.iter().map(|(k, v)| format!("`{k}={v}`")).collect::<Vec<_>>().join(", ")
         )
     } else {
         format!("produced at {:.0} events/s", res.produce_rate)
+    };
+    let fed = match res.broker_maintenance_minutes {
+        Some(m) => format!("{fed}; broker maintenance every {m} min"),
+        None => fed,
     };
     let _ = writeln!(
         out,
@@ -93,6 +97,10 @@ pub fn markdown(opts: &Options, res: &Results, command: &str) -> String {
                 mib(r.usage.peak_rss_kib)
             );
             memory_line(&mut out, r);
+            if let Some(why) = &r.stalled {
+                let _ =
+                    writeln!(out, "- **Ended early**: {why}. The figures cover the {} events done by then.", r.events);
+            }
             let _ = writeln!(out, "\nResident memory (all three stages) by events done:\n");
             let _ = writeln!(out, "| events done | RSS MiB |");
             let _ = writeln!(out, "|---:|---:|");
