@@ -66,6 +66,30 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
 }
 
+/// Where a consumer group stands on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The group's committed offset (`None`: nothing committed yet).
+    pub committed: Option<i64>,
+    /// Low watermark.
+    pub low: i64,
+    /// High watermark.
+    pub high: i64,
+    /// Whether this member holds the partition.
+    pub mine: bool,
+}
+
+impl PartitionProgress {
+    /// Records past the group's position (from the low watermark when nothing is committed).
+    pub fn behind(&self) -> i64 {
+        (self.high - self.committed.unwrap_or(self.low).max(self.low)).max(0)
+    }
+}
+
 /// A subscribed consumer in a group that reads batches and commits offsets
 /// only when told to.
 pub struct BatchSource {
@@ -146,6 +170,42 @@ impl BatchSource {
     /// Lag per assigned partition: high watermark minus committed offset.
     pub fn lag(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
         tokio::task::block_in_place(|| self.lag_blocking())
+    }
+
+    /// Where the group stands on every partition of `topics`: committed offset,
+    /// watermarks, and whether this member holds it. Blocking (metadata, offset
+    /// and watermark requests), off the async workers' backs.
+    pub fn group_progress(&self, topics: &[String]) -> Result<Vec<PartitionProgress>, KafkaError> {
+        tokio::task::block_in_place(|| {
+            let timeout = Duration::from_secs(5);
+            let assigned = self.consumer.assignment()?;
+            let mut all = TopicPartitionList::new();
+            for t in topics {
+                let md = self.consumer.fetch_metadata(Some(t), timeout)?;
+                for mt in md.topics() {
+                    for p in mt.partitions() {
+                        all.add_partition(mt.name(), p.id());
+                    }
+                }
+            }
+            let committed = self.consumer.committed_offsets(all, timeout)?;
+            let mut out = Vec::with_capacity(committed.count());
+            for e in committed.elements() {
+                let (low, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                out.push(PartitionProgress {
+                    topic: e.topic().to_owned(),
+                    partition: e.partition(),
+                    committed: match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    },
+                    low,
+                    high,
+                    mine: assigned.find_partition(e.topic(), e.partition()).is_some(),
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn lag_blocking(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
