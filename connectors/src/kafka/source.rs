@@ -188,39 +188,40 @@ impl BatchSource {
                     }
                 }
             }
-            let committed = self.consumer.committed_offsets(all, timeout)?;
-            let mut out = Vec::with_capacity(committed.count());
-            for e in committed.elements() {
-                let (low, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
-                out.push(PartitionProgress {
-                    topic: e.topic().to_owned(),
-                    partition: e.partition(),
-                    committed: match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    },
-                    low,
-                    high,
-                    mine: assigned.find_partition(e.topic(), e.partition()).is_some(),
-                });
-            }
-            Ok(out)
+            self.progress_of(all, &assigned)
         })
+    }
+
+    /// The group's committed offset and the watermarks of each partition of `tpl`.
+    fn progress_of(
+        &self,
+        tpl: TopicPartitionList,
+        assigned: &TopicPartitionList,
+    ) -> Result<Vec<PartitionProgress>, KafkaError> {
+        let timeout = Duration::from_secs(5);
+        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        let mut out = Vec::with_capacity(committed.count());
+        for e in committed.elements() {
+            let (low, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+            out.push(PartitionProgress {
+                topic: e.topic().to_owned(),
+                partition: e.partition(),
+                committed: match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                },
+                low,
+                high,
+                mine: assigned.find_partition(e.topic(), e.partition()).is_some(),
+            });
+        }
+        Ok(out)
     }
 
     fn lag_blocking(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
         let assigned = self.consumer.assignment()?;
-        let committed = self.consumer.committed_offsets(assigned, Duration::from_secs(5))?;
-        let mut out = Vec::new();
-        for e in committed.elements() {
-            let (_, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))?;
-            let done = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            };
-            out.push((e.topic().to_owned(), e.partition(), (high - done).max(0)));
-        }
-        Ok(out)
+        let progress = self.progress_of(assigned.clone(), &assigned)?;
+        Ok(progress.into_iter().map(|p| (p.topic, p.partition, (p.high - p.committed.unwrap_or(0)).max(0))).collect())
     }
 }
 

@@ -71,6 +71,11 @@ fn add_indexes(s: &StackConfig) -> Result<bool, StackError> {
     Ok(true)
 }
 
+/// The maintenance interval, in minutes, tansu is started with (tansu needs at least 1).
+fn maintenance_minutes(s: &StackConfig) -> u64 {
+    s.tansu_maintenance_minutes.max(1)
+}
+
 /// The maintenance interval, in minutes, the running broker was started with
 /// (`None` when it was not started by this project or predates the setting).
 pub(super) fn running_maintenance_minutes(s: &StackConfig) -> Option<u64> {
@@ -89,13 +94,11 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     if port_open(s.kafka_port).await {
         add_indexes(s)?;
         println!("kafka (tansu): already answering on 127.0.0.1:{}", s.kafka_port);
-        let running = running_maintenance_minutes(s);
-        if running.is_some_and(|m| m != s.tansu_maintenance_minutes.max(1)) {
+        if let Some(running) = running_maintenance_minutes(s).filter(|&m| m != maintenance_minutes(s)) {
             println!(
-                "kafka (tansu): note: it runs maintenance every {} min, the configuration says {}; \
+                "kafka (tansu): note: it runs maintenance every {running} min, the configuration says {}; \
                  `stack down` then `stack up` to apply",
-                running.unwrap_or_default(),
-                s.tansu_maintenance_minutes
+                maintenance_minutes(s)
             );
         }
         return Ok(());
@@ -111,7 +114,7 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     let mut cmd = Command::new(&bin);
     cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
         // tansu resolves the sqlite path against its working directory.
-        .arg(format!("sqlite://tansu.db?maintenance_interval={}m", s.tansu_maintenance_minutes.max(1)))
+        .arg(format!("sqlite://tansu.db?maintenance_interval={}m", maintenance_minutes(s)))
         .env("RUST_LOG", "warn")
         .current_dir(&dir);
     let log = log_file(s, "tansu");
@@ -129,7 +132,7 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
         "kafka (tansu {}): started, pid {pid}, 127.0.0.1:{port}, data {}, maintenance every {} min",
         s.tansu_version,
         dir.display(),
-        s.tansu_maintenance_minutes.max(1)
+        maintenance_minutes(s)
     );
     Ok(())
 }
