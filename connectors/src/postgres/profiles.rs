@@ -73,18 +73,21 @@ impl ProfileTx {
         Ok(rows.into_iter().collect())
     }
 
-    /// Stored profiles of `user_ids` (absent users are simply missing).
+    /// Stored profiles of `user_ids` (absent users are simply missing). The
+    /// documents come as text and parse straight into profiles, without a
+    /// `serde_json::Value` tree in between (several times the document's size).
     pub async fn load(&mut self, user_ids: &[String]) -> Result<HashMap<String, Profile>, sqlx::Error> {
-        let rows =
-            sqlx::query("SELECT external_id, profile FROM users WHERE external_id = ANY($1) AND profile IS NOT NULL")
-                .bind(user_ids)
-                .fetch_all(&mut *self.tx)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT external_id, profile::text FROM users WHERE external_id = ANY($1) AND profile IS NOT NULL",
+        )
+        .bind(user_ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
             let id: String = r.get(0);
-            let doc: serde_json::Value = r.get(1);
-            match serde_json::from_value::<Profile>(doc) {
+            let doc: &str = r.get(1);
+            match serde_json::from_str::<Profile>(doc) {
                 Ok(p) => {
                     out.insert(id, p);
                 }
@@ -94,12 +97,14 @@ impl ProfileTx {
         Ok(out)
     }
 
-    /// Writes the batch: upserted profiles, history rows, what segments and
-    /// triggers evaluated, applied event ids and the next offsets, then commits.
+    /// Writes the batch: upserted profiles, each with its JSON document (the
+    /// caller serialises it once, for the changelog too), history rows, what
+    /// segments and triggers evaluated, applied event ids and the next offsets,
+    /// then commits.
     #[allow(clippy::too_many_arguments)]
     pub async fn write_and_commit(
         mut self,
-        profiles: &[&Profile],
+        profiles: &[(&Profile, &str)],
         transitions: &[Transition],
         rules: &RuleWrites,
         applied: &[(String, String)],
@@ -114,7 +119,7 @@ impl ProfileTx {
             let mut statuses = Vec::with_capacity(profiles.len());
             let mut docs = Vec::with_capacity(profiles.len());
             let mut created = Vec::with_capacity(profiles.len());
-            for p in profiles {
+            for &(p, doc) in profiles {
                 ids.push(user_uuid(&p.user_id));
                 externals.push(p.user_id.clone());
                 stages.push(p.lifecycle_stage.as_str().to_owned());
@@ -122,13 +127,13 @@ impl ProfileTx {
                     AccountStatus::Active => "active",
                     AccountStatus::Deleted => "deleted",
                 });
-                docs.push(serde_json::to_value(p).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+                docs.push(doc);
                 created.push(p.signup_date.or(p.behavioral.first_seen).unwrap_or_else(chrono::Utc::now));
             }
             sqlx::query(
                 "INSERT INTO users (id, external_id, current_lifecycle_stage, account_status, profile, created_at, updated_at) \
-                 SELECT id, ext, stage, status, doc, created, now() \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[]) \
+                 SELECT id, ext, stage, status, doc::jsonb, created, now() \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
                    AS v(id, ext, stage, status, doc, created) \
                  ON CONFLICT (id) DO UPDATE SET current_lifecycle_stage = EXCLUDED.current_lifecycle_stage, \
                    account_status = EXCLUDED.account_status, profile = EXCLUDED.profile, \
@@ -146,7 +151,7 @@ impl ProfileTx {
             // the profile document only (and logged by the caller's metrics).
             let mut seen_email = HashSet::new();
             let (mut eids, mut emails) = (Vec::new(), Vec::new());
-            for p in profiles {
+            for (p, _) in profiles {
                 if let Some(e) = &p.email
                     && seen_email.insert(e.clone())
                 {

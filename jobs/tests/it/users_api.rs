@@ -60,8 +60,9 @@ async fn users_crud_with_roles_masking_and_errors() {
     profile.events_applied = 7;
     profile.behavioral.feature_usage_map = BTreeMap::from([("export".to_string(), 2)]);
     let pool = lifecycle_connectors::postgres::connect(&api.cfg.postgres).await.expect("db");
+    let doc = serde_json::to_string(&profile).expect("profile document");
     let tx = profiles::begin(&pool).await.expect("tx");
-    tx.write_and_commit(&[&profile], &[], &Default::default(), &[], "users-test", "none", &BTreeMap::new())
+    tx.write_and_commit(&[(&profile, &doc)], &[], &Default::default(), &[], "users-test", "none", &BTreeMap::new())
         .await
         .expect("stage write");
     let (s, u, _) = api

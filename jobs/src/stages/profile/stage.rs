@@ -222,8 +222,11 @@ async fn apply_batch(
     }
     // Changelog and lifecycle events first: if we crash before the commit, the
     // batch is applied again and they are produced again (same keys and ids).
-    let mut out = Vec::with_capacity(working.len() + transitions.len());
-    for p in working.values() {
+    // Each profile is serialised once: the changelog record's payload is also
+    // the document written to PostgreSQL.
+    let touched: Vec<&Profile> = working.values().collect();
+    let mut out = Vec::with_capacity(touched.len() + transitions.len());
+    for p in &touched {
         let doc = serde_json::to_vec(p).map_err(|e| e.to_string())?;
         out.push(OutRecord {
             topic: ctx.changelog_topic.clone(),
@@ -252,9 +255,14 @@ async fn apply_batch(
         let e = next.entry(d.partition).or_insert(d.offset + 1);
         *e = (*e).max(d.offset + 1);
     }
-    let touched: Vec<&Profile> = working.values().collect();
+    let written = touched
+        .iter()
+        .zip(&out)
+        .map(|(p, r)| std::str::from_utf8(&r.payload).map(|doc| (*p, doc)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let applied: Vec<(String, String)> = events.iter().map(|e| (e.event_id.clone(), e.user_id.clone())).collect();
-    tx.write_and_commit(&touched, &transitions, &writes, &applied, &ctx.group, &ctx.topic, &next)
+    tx.write_and_commit(&written, &transitions, &writes, &applied, &ctx.group, &ctx.topic, &next)
         .await
         .map_err(|e| format!("commit: {e}"))?;
     let commands: Vec<OutRecord> = writes
