@@ -146,6 +146,9 @@ pub struct ProfileMetrics {
     pub segment_changes: IntCounterVec,
     /// Estimated bytes of cached profiles.
     pub cache_bytes: IntGauge,
+    /// Profiles a batch needed, by where they were found: `hit` (the cache) or
+    /// `miss` (loaded from PostgreSQL, or new).
+    pub cache_lookups: IntCounterVec,
 }
 
 impl ProfileMetrics {
@@ -167,6 +170,12 @@ impl ProfileMetrics {
             events_applied,
             cache_bytes,
             skipped: counter_vec(r, "lifecycle_profile_skipped_total", "Records not applied, by reason", &["reason"])?,
+            cache_lookups: counter_vec(
+                r,
+                "lifecycle_profile_cache_lookups_total",
+                "Profiles a batch needed, by result: hit (cached) or miss (loaded or new)",
+                &["result"],
+            )?,
             transitions: counter_vec(
                 r,
                 "lifecycle_profile_transitions_total",

@@ -1,83 +1,86 @@
 //! The profile stage's in-memory cache of profiles, bounded by bytes.
 //!
-//! Two generations: new and updated profiles go into the young one; when its
-//! bytes reach half the budget it becomes the old one and the previous old
-//! generation is dropped. Lookups look in both. So memory stays under about the
-//! budget (plus one batch) however many users there are and however large
-//! their profiles grow, and a profile used within the last generation survives
-//! a rotation, unlike a cache that is cleared when full.
+//! Least recently cached first out: every batch caches the profiles it
+//! updated again, so the order of caching is the order of use. Once the
+//! profiles reach the budget, each insert drops the least recently cached
+//! until they fit, so the cache fills to its budget and stays there, however
+//! many users there are and however large their profiles grow. (A cache of two
+//! generations, dropping the older half at once, swung between half and all
+//! of its budget, and resident memory swung with it.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::model::Profile;
 
 /// A byte-bounded map from user id to profile.
 #[derive(Debug)]
 pub struct ProfileCache {
-    young: Generation,
-    old: Generation,
+    entries: HashMap<String, Entry>,
+    /// User ids in the order they were cached, oldest first, with the insert
+    /// number: a pair whose number is not its entry's is stale (the user was
+    /// cached again since, or removed) and skipped. Compacted when stale pairs
+    /// outnumber the entries.
+    order: VecDeque<(u64, String)>,
+    inserts: u64,
+    bytes: usize,
     budget: usize,
 }
 
-/// Profiles with the bytes charged for each, and their sum.
-#[derive(Debug, Default)]
-struct Generation {
-    profiles: HashMap<String, (Profile, usize)>,
+/// A cached profile, the bytes charged for it, and its insert number.
+#[derive(Debug)]
+struct Entry {
+    profile: Profile,
     bytes: usize,
+    insert: u64,
 }
 
-impl Generation {
-    fn get(&self, user_id: &str) -> Option<&Profile> {
-        self.profiles.get(user_id).map(|(p, _)| p)
-    }
-
-    fn insert(&mut self, profile: Profile, bytes: usize) {
-        self.remove(&profile.user_id);
-        self.bytes += bytes;
-        self.profiles.insert(profile.user_id.clone(), (profile, bytes));
-    }
-
-    fn remove(&mut self, user_id: &str) {
-        if let Some((_, b)) = self.profiles.remove(user_id) {
-            self.bytes -= b;
-        }
-    }
-}
-
-/// Bytes charged per entry beyond the profile: the map's slot and the key.
+/// Bytes charged per entry beyond the profile: the map's slot and key, and
+/// two slots of the order queue with their copies of the key (a live one and
+/// at most one stale one on average, given the compaction rule).
 fn entry_overhead(user_id: &str) -> usize {
-    size_of::<(String, (Profile, usize))>() + user_id.len().next_multiple_of(16) + 16
+    let key = user_id.len().next_multiple_of(16) + 16;
+    size_of::<(String, Entry)>() + key + 2 * (size_of::<(u64, String)>() + key)
 }
 
 impl ProfileCache {
     /// An empty cache holding about `budget` bytes at most (0: holds nothing).
     pub fn new(budget: usize) -> Self {
-        Self { young: Generation::default(), old: Generation::default(), budget }
+        Self { entries: HashMap::new(), order: VecDeque::new(), inserts: 0, bytes: 0, budget }
     }
 
     /// The cached profile of `user_id`.
     pub fn get(&self, user_id: &str) -> Option<&Profile> {
-        self.young.get(user_id).or_else(|| self.old.get(user_id))
+        self.entries.get(user_id).map(|e| &e.profile)
     }
 
     /// Whether `user_id` is cached.
     pub fn contains(&self, user_id: &str) -> bool {
-        self.get(user_id).is_some()
+        self.entries.contains_key(user_id)
     }
 
-    /// Caches `profile` (replacing the user's previous one).
+    /// Caches `profile` (replacing the user's previous one) as the most recent,
+    /// dropping the least recently cached profiles while over the budget. A
+    /// profile larger than the whole budget is not cached.
     pub fn insert(&mut self, profile: Profile) {
         let bytes = profile.approx_bytes() + entry_overhead(&profile.user_id);
-        if bytes > self.budget / 2 {
-            self.remove(&profile.user_id);
+        self.remove(&profile.user_id);
+        if bytes > self.budget {
             return;
         }
-        self.old.remove(&profile.user_id);
-        self.young.remove(&profile.user_id);
-        if self.young.bytes + bytes > self.budget / 2 {
-            self.old = std::mem::take(&mut self.young);
+        self.inserts += 1;
+        self.bytes += bytes;
+        self.order.push_back((self.inserts, profile.user_id.clone()));
+        self.entries.insert(profile.user_id.clone(), Entry { profile, bytes, insert: self.inserts });
+        while self.bytes > self.budget {
+            let Some((insert, user_id)) = self.order.pop_front() else { break };
+            if self.entries.get(&user_id).is_some_and(|e| e.insert == insert) {
+                self.remove(&user_id);
+            }
         }
-        self.young.insert(profile, bytes);
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order.retain(|(insert, user_id)| entries.get(user_id).is_some_and(|e| e.insert == *insert));
+        }
     }
 
     /// Caches every profile of `profiles`.
@@ -89,8 +92,9 @@ impl ProfileCache {
 
     /// Forgets `user_id`.
     pub fn remove(&mut self, user_id: &str) {
-        self.young.remove(user_id);
-        self.old.remove(user_id);
+        if let Some(e) = self.entries.remove(user_id) {
+            self.bytes -= e.bytes;
+        }
     }
 
     /// Forgets everything (partitions moved: other instances may have changed these users).
@@ -100,17 +104,17 @@ impl ProfileCache {
 
     /// Profiles cached.
     pub fn len(&self) -> usize {
-        self.young.profiles.len() + self.old.profiles.len()
+        self.entries.len()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 
     /// Estimated bytes held (see [`Profile::approx_bytes`]).
     pub fn bytes(&self) -> usize {
-        self.young.bytes + self.old.bytes
+        self.bytes
     }
 }
 
@@ -124,32 +128,47 @@ mod tests {
         p
     }
 
-    #[test]
-    fn holds_what_fits_and_finds_it_in_either_generation() {
-        let one = profile("u0", 0).approx_bytes() + entry_overhead("u0");
-        let mut c = ProfileCache::new(one * 10);
-        for i in 0..5 {
-            c.insert(profile(&format!("u{i}"), 0));
-        }
-        assert_eq!(c.len(), 5);
-        // The sixth fills past half the budget: the first five become the old generation.
-        c.insert(profile("u5", 0));
-        assert_eq!(c.len(), 6);
-        assert!((0..6).all(|i| c.contains(&format!("u{i}"))));
-        assert_eq!(c.get("u3").map(|p| p.user_id.as_str()), Some("u3"));
-        assert!(c.bytes() <= one * 10);
+    fn one() -> usize {
+        profile("u0", 0).approx_bytes() + entry_overhead("u0")
     }
 
     #[test]
-    fn stays_within_the_budget_however_many_users_come() {
+    fn holds_what_fits_and_drops_the_least_recently_cached_first() {
+        let mut c = ProfileCache::new(one() * 5);
+        for i in 0..5 {
+            c.insert(profile(&format!("u{i}"), 0));
+        }
+        assert_eq!((c.len(), c.bytes()), (5, 5 * one()));
+        assert_eq!(c.get("u3").map(|p| p.user_id.as_str()), Some("u3"));
+        c.insert(profile("u5", 0));
+        assert_eq!(c.len(), 5);
+        assert!(!c.contains("u0") && (1..6).all(|i| c.contains(&format!("u{i}"))));
+    }
+
+    #[test]
+    fn a_recached_profile_is_the_most_recent_again() {
+        let mut c = ProfileCache::new(one() * 3);
+        c.extend([profile("u0", 0), profile("u1", 0), profile("u2", 0)]);
+        c.insert(profile("u0", 0)); // used again: u1 is now the least recent
+        c.insert(profile("u3", 0));
+        assert!(c.contains("u0") && !c.contains("u1") && c.contains("u2") && c.contains("u3"));
+        assert_eq!(c.bytes(), 3 * one());
+    }
+
+    #[test]
+    fn fills_to_the_budget_and_stays_there_however_many_users_come() {
         let budget = 64 * 1024;
         let mut c = ProfileCache::new(budget);
+        let largest = profile("user-9999", 299).approx_bytes() + entry_overhead("user-9999");
+        let mut full = false;
         for i in 0..10_000 {
             c.insert(profile(&format!("user-{i}"), i % 300));
             assert!(c.bytes() <= budget, "{} bytes after {i}", c.bytes());
+            full |= c.bytes() + largest > budget;
+            // Once full it stays full: evictions free only what the newcomer needs.
+            assert!(!full || c.bytes() + 2 * largest > budget, "{} bytes after {i}", c.bytes());
         }
         assert!(c.len() > 10 && c.len() < 10_000);
-        // The newest users are there; the oldest were dropped with their generation.
         assert!(c.contains("user-9999") && !c.contains("user-0"));
     }
 
@@ -168,24 +187,17 @@ mod tests {
     }
 
     #[test]
-    fn a_used_profile_survives_a_rotation_and_moves_to_the_young_generation() {
-        let one = profile("u0", 0).approx_bytes() + entry_overhead("u0");
-        let mut c = ProfileCache::new(one * 4);
-        c.extend([profile("u0", 0), profile("u1", 0)]);
-        c.insert(profile("u2", 0)); // rotation: u0, u1 old
-        c.insert(profile("u0", 0)); // u0 back in the young generation
-        assert_eq!(c.bytes(), 3 * one);
-        c.insert(profile("u3", 0)); // rotation: u2, u0 old; u1 dropped
-        assert!(c.contains("u0") && c.contains("u2") && c.contains("u3") && !c.contains("u1"));
-    }
-
-    #[test]
-    fn updating_a_young_profile_does_not_rotate_or_keep_its_old_copy() {
-        let one = profile("u0", 0).approx_bytes() + entry_overhead("u0");
-        let mut c = ProfileCache::new(one * 4);
-        c.extend([profile("u0", 0), profile("u1", 0)]);
-        c.insert(profile("u1", 0)); // replaces u1 in place: still half the budget
-        assert_eq!((c.len(), c.bytes()), (2, 2 * one));
+    fn the_order_queue_stays_bounded_when_the_same_users_come_back() {
+        let mut c = ProfileCache::new(1 << 20);
+        for i in 0..100_000 {
+            c.insert(profile(&format!("u{}", i % 7), 0));
+            assert!(c.order.len() <= 2 * c.len() + 65, "{} queued for {} entries", c.order.len(), c.len());
+        }
+        assert_eq!(c.len(), 7);
+        // Removed users leave stale pairs that never evict a later copy.
+        c.remove("u1");
+        c.insert(profile("u1", 0));
+        assert!(c.contains("u1") && c.len() == 7);
     }
 
     #[test]
@@ -197,5 +209,15 @@ mod tests {
         c.insert(profile("a", 0));
         c.insert(profile("a", 10_000));
         assert!(c.is_empty() && c.bytes() == 0);
+    }
+
+    #[test]
+    fn clearing_forgets_everything_and_keeps_the_budget() {
+        let mut c = ProfileCache::new(one() * 2);
+        c.extend([profile("u0", 0), profile("u1", 0)]);
+        c.clear();
+        assert!(c.is_empty() && c.bytes() == 0);
+        c.extend([profile("u2", 0), profile("u3", 0), profile("u4", 0)]);
+        assert_eq!(c.len(), 2);
     }
 }

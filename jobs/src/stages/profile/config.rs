@@ -23,7 +23,7 @@ pub struct ProfileConfig {
     pub dedup_window_hours: u64,
     /// Memory for cached profiles, in MiB (estimated; 0: no cache, every batch
     /// loads its users from PostgreSQL). The least recently updated profiles
-    /// are dropped first, in halves of this.
+    /// are dropped first, one at a time, so the cache stays at this once full.
     pub cache_mib: usize,
     /// How often segment and trigger definitions are reloaded, in milliseconds.
     pub rules_reload_ms: u64,
@@ -40,7 +40,7 @@ impl Default for ProfileConfig {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
             rejoin_when_unassigned_secs: 20,
             dedup_window_hours: 7 * 24,
-            cache_mib: 256,
+            cache_mib: 128,
             rules_reload_ms: 5000,
             lifecycle: LifecycleRules::default(),
         }

@@ -191,13 +191,10 @@ async fn apply_batch(
             Some(e) => events.push(e),
         }
     }
-    let missing: Vec<String> = events
-        .iter()
-        .map(|e| e.user_id.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .filter(|u| !cache.contains(u))
-        .collect();
+    let needed: HashSet<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
+    let missing: Vec<String> = needed.iter().filter(|u| !cache.contains(u)).map(|u| (*u).to_owned()).collect();
+    m.cache_lookups.with_label_values(&["hit"]).inc_by((needed.len() - missing.len()) as u64);
+    m.cache_lookups.with_label_values(&["miss"]).inc_by(missing.len() as u64);
     let mut loaded = tx.load(&missing).await.map_err(|e| format!("load: {e}"))?;
     let mut working: HashMap<String, Profile> = HashMap::new();
     let mut transitions: Vec<Transition> = Vec::new();
