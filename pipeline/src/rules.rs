@@ -172,13 +172,40 @@ pub struct SegmentEval {
 }
 
 /// The profile as conditions see it (without the recent-events list, which
-/// conditions count through `{"events": ...}`).
+/// conditions count through `{"events": ...}`). Built from a copy without that
+/// list (serialisation skips it when empty) rather than by removing it from the
+/// full document: up to 100 JSON objects per call that were built to be dropped.
 fn profile_value(profile: &Profile) -> Value {
-    let mut v = serde_json::to_value(profile).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.remove("recent_events");
-    }
-    v
+    // Destructured so that a new field cannot be left out silently.
+    let Profile {
+        user_id,
+        email,
+        name,
+        signup_date,
+        account_status,
+        lifecycle_stage,
+        demographic,
+        behavioral,
+        transaction,
+        events_applied,
+        event_types_seen,
+        recent_events: _,
+    } = profile;
+    let view = Profile {
+        user_id: user_id.clone(),
+        email: email.clone(),
+        name: name.clone(),
+        signup_date: *signup_date,
+        account_status: *account_status,
+        lifecycle_stage: *lifecycle_stage,
+        demographic: demographic.clone(),
+        behavioral: behavioral.clone(),
+        transaction: transaction.clone(),
+        events_applied: *events_applied,
+        event_types_seen: event_types_seen.clone(),
+        recent_events: Vec::new(),
+    };
+    serde_json::to_value(&view).unwrap_or(Value::Null)
 }
 
 /// The instance id trigger `trigger` starts for event `event_id`.
@@ -202,6 +229,21 @@ mod tests {
 
     fn cond(v: Value) -> Condition {
         Condition::parse(&v, "conditions").expect("condition")
+    }
+
+    #[test]
+    fn conditions_see_the_whole_profile_but_its_recent_events() {
+        let mut p = Profile::new("u1");
+        p.email = Some("a@b.io".into());
+        let (r, s) = (LifecycleRules::default(), ScoreParams::default());
+        p.apply(&event("e1", "user.signup", "2026-11-20T10:00:00Z", 0.0), &r, &s);
+        p.apply(&event("e2", "transaction.purchase_complete", "2026-11-20T11:00:00Z", 12.5), &r, &s);
+        assert_eq!(p.recent_events.len(), 2);
+        let mut full = serde_json::to_value(&p).expect("profile");
+        full.as_object_mut().expect("object").remove("recent_events");
+        assert_eq!(profile_value(&p), full);
+        assert!(profile_value(&p).get("recent_events").is_none());
+        assert_eq!(profile_value(&p)["transaction"]["total_purchases"], json!(1));
     }
 
     #[test]
