@@ -172,39 +172,12 @@ pub struct SegmentEval {
 }
 
 /// The profile as conditions see it (without the recent-events list, which
-/// conditions count through `{"events": ...}`). Built from a copy without that
-/// list (serialisation skips it when empty) rather than by removing it from the
-/// full document: up to 100 JSON objects per call that were built to be dropped.
+/// conditions count through `{"events": ...}`). Serialised from a copy whose
+/// list is empty (serialisation skips it then) rather than by removing it from
+/// the full document: cloning the list is one allocation, where serialising it
+/// built up to 100 JSON objects only to drop them.
 fn profile_value(profile: &Profile) -> Value {
-    // Destructured so that a new field cannot be left out silently.
-    let Profile {
-        user_id,
-        email,
-        name,
-        signup_date,
-        account_status,
-        lifecycle_stage,
-        demographic,
-        behavioral,
-        transaction,
-        events_applied,
-        event_types_seen,
-        recent_events: _,
-    } = profile;
-    let view = Profile {
-        user_id: user_id.clone(),
-        email: email.clone(),
-        name: name.clone(),
-        signup_date: *signup_date,
-        account_status: *account_status,
-        lifecycle_stage: *lifecycle_stage,
-        demographic: demographic.clone(),
-        behavioral: behavioral.clone(),
-        transaction: transaction.clone(),
-        events_applied: *events_applied,
-        event_types_seen: event_types_seen.clone(),
-        recent_events: Vec::new(),
-    };
+    let view = Profile { recent_events: Vec::new(), ..profile.clone() };
     serde_json::to_value(&view).unwrap_or(Value::Null)
 }
 

@@ -34,6 +34,12 @@ struct Entry {
     insert: u64,
 }
 
+/// Whether the order queue's pair (`insert`, `user_id`) is the user's live
+/// entry, not a stale one left by a later insert or a removal.
+fn is_current(entries: &HashMap<String, Entry>, insert: u64, user_id: &str) -> bool {
+    entries.get(user_id).is_some_and(|e| e.insert == insert)
+}
+
 /// Bytes charged per entry beyond the profile: the map's slot and key, and
 /// two slots of the order queue with their copies of the key (a live one and
 /// at most one stale one on average, given the compaction rule).
@@ -73,13 +79,13 @@ impl ProfileCache {
         self.entries.insert(profile.user_id.clone(), Entry { profile, bytes, insert: self.inserts });
         while self.bytes > self.budget {
             let Some((insert, user_id)) = self.order.pop_front() else { break };
-            if self.entries.get(&user_id).is_some_and(|e| e.insert == insert) {
+            if is_current(&self.entries, insert, &user_id) {
                 self.remove(&user_id);
             }
         }
         if self.order.len() > 2 * self.entries.len() + 64 {
             let entries = &self.entries;
-            self.order.retain(|(insert, user_id)| entries.get(user_id).is_some_and(|e| e.insert == *insert));
+            self.order.retain(|(insert, user_id)| is_current(entries, *insert, user_id));
         }
     }
 
