@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod heap;
 pub mod services;
 pub mod setup;
 pub mod stack;
@@ -12,3 +13,8 @@ pub mod stages;
 pub mod workload;
 
 pub use config::LifecycleConfig;
+
+/// The unit tests run on the binary's allocator, so [`heap`] reads real figures.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -54,6 +54,7 @@ impl<M: StageMetrics> Handle<M> {
     pub fn new() -> Result<Self, String> {
         let registry = prometheus::Registry::new();
         let metrics = M::register_in(&registry).map_err(|e| e.to_string())?;
+        crate::heap::HeapCollector::register(&registry).map_err(|e| e.to_string())?;
         Ok(Self { metrics, registry })
     }
 }
