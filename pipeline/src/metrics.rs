@@ -146,6 +146,8 @@ pub struct ProfileMetrics {
     pub segment_changes: IntCounterVec,
     /// Estimated bytes of cached profiles.
     pub cache_bytes: IntGauge,
+    /// Profiles cached.
+    pub cache_entries: IntGauge,
     /// Profiles a batch needed, by where they were found: `hit` (the cache) or
     /// `miss` (loaded from PostgreSQL, or new).
     pub cache_lookups: IntCounterVec,
@@ -165,10 +167,13 @@ impl ProfileMetrics {
         r.register(Box::new(lag.clone()))?;
         let cache_bytes = IntGauge::new("lifecycle_profile_cache_bytes", "Estimated bytes of cached profiles")?;
         r.register(Box::new(cache_bytes.clone()))?;
+        let cache_entries = IntGauge::new("lifecycle_profile_cache_entries", "Profiles cached")?;
+        r.register(Box::new(cache_entries.clone()))?;
         let m = Self {
             records_in,
             events_applied,
             cache_bytes,
+            cache_entries,
             skipped: counter_vec(r, "lifecycle_profile_skipped_total", "Records not applied, by reason", &["reason"])?,
             cache_lookups: counter_vec(
                 r,

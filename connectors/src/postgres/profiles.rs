@@ -23,6 +23,71 @@ pub fn resolve_user(id: &str) -> Uuid {
     Uuid::parse_str(id).unwrap_or_else(|_| user_uuid(id))
 }
 
+/// Documents per upsert statement, in bytes (a single larger document goes alone).
+const UPSERT_CHUNK_BYTES: usize = 2 << 20;
+
+/// Consecutive ranges of items whose sizes add up to at most `limit` each; an
+/// item larger than `limit` is a range of its own.
+fn byte_chunks(sizes: impl Iterator<Item = usize>, limit: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (i, size) in sizes.enumerate() {
+        match out.last_mut() {
+            Some(r) if bytes + size <= limit => {
+                r.end = i + 1;
+                bytes += size;
+            }
+            _ => {
+                out.push(i..i + 1);
+                bytes = size;
+            }
+        }
+    }
+    out
+}
+
+/// Upserts `profiles` with their documents in one statement.
+async fn upsert_profiles(
+    tx: &mut Transaction<'static, Postgres>,
+    profiles: &[(&Profile, &str)],
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(profiles.len());
+    let mut externals = Vec::with_capacity(profiles.len());
+    let mut stages = Vec::with_capacity(profiles.len());
+    let mut statuses = Vec::with_capacity(profiles.len());
+    let mut docs = Vec::with_capacity(profiles.len());
+    let mut created = Vec::with_capacity(profiles.len());
+    for &(p, doc) in profiles {
+        ids.push(user_uuid(&p.user_id));
+        externals.push(p.user_id.clone());
+        stages.push(p.lifecycle_stage.as_str().to_owned());
+        statuses.push(match p.account_status {
+            AccountStatus::Active => "active",
+            AccountStatus::Deleted => "deleted",
+        });
+        docs.push(doc);
+        created.push(p.signup_date.or(p.behavioral.first_seen).unwrap_or_else(chrono::Utc::now));
+    }
+    sqlx::query(
+        "INSERT INTO users (id, external_id, current_lifecycle_stage, account_status, profile, created_at, updated_at) \
+         SELECT id, ext, stage, status, doc::jsonb, created, now() \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+           AS v(id, ext, stage, status, doc, created) \
+         ON CONFLICT (id) DO UPDATE SET current_lifecycle_stage = EXCLUDED.current_lifecycle_stage, \
+           account_status = EXCLUDED.account_status, profile = EXCLUDED.profile, \
+           external_id = EXCLUDED.external_id, updated_at = now()",
+    )
+    .bind(&ids)
+    .bind(&externals)
+    .bind(&stages)
+    .bind(&statuses)
+    .bind(&docs)
+    .bind(&created)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// A batch transaction of the profile stage.
 pub struct ProfileTx {
     pub(super) tx: Transaction<'static, Postgres>,
@@ -113,40 +178,11 @@ impl ProfileTx {
         next_offsets: &BTreeMap<i32, i64>,
     ) -> Result<(), sqlx::Error> {
         if !profiles.is_empty() {
-            let mut ids = Vec::with_capacity(profiles.len());
-            let mut externals = Vec::with_capacity(profiles.len());
-            let mut stages = Vec::with_capacity(profiles.len());
-            let mut statuses = Vec::with_capacity(profiles.len());
-            let mut docs = Vec::with_capacity(profiles.len());
-            let mut created = Vec::with_capacity(profiles.len());
-            for &(p, doc) in profiles {
-                ids.push(user_uuid(&p.user_id));
-                externals.push(p.user_id.clone());
-                stages.push(p.lifecycle_stage.as_str().to_owned());
-                statuses.push(match p.account_status {
-                    AccountStatus::Active => "active",
-                    AccountStatus::Deleted => "deleted",
-                });
-                docs.push(doc);
-                created.push(p.signup_date.or(p.behavioral.first_seen).unwrap_or_else(chrono::Utc::now));
+            // A statement carries about UPSERT_CHUNK_BYTES of documents, so the
+            // connection's buffer holds a slice of the batch, not all of it.
+            for range in byte_chunks(profiles.iter().map(|(_, doc)| doc.len()), UPSERT_CHUNK_BYTES) {
+                upsert_profiles(&mut self.tx, &profiles[range]).await?;
             }
-            sqlx::query(
-                "INSERT INTO users (id, external_id, current_lifecycle_stage, account_status, profile, created_at, updated_at) \
-                 SELECT id, ext, stage, status, doc::jsonb, created, now() \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
-                   AS v(id, ext, stage, status, doc, created) \
-                 ON CONFLICT (id) DO UPDATE SET current_lifecycle_stage = EXCLUDED.current_lifecycle_stage, \
-                   account_status = EXCLUDED.account_status, profile = EXCLUDED.profile, \
-                   external_id = EXCLUDED.external_id, updated_at = now()",
-            )
-            .bind(&ids)
-            .bind(&externals)
-            .bind(&stages)
-            .bind(&statuses)
-            .bind(&docs)
-            .bind(&created)
-            .execute(&mut *self.tx)
-            .await?;
             // Emails: unique when present; an address another user holds is kept in
             // the profile document only (and logged by the caller's metrics).
             let mut seen_email = HashSet::new();
@@ -240,4 +276,22 @@ pub async fn prune_processed(pool: &PgPool, hours: u64) -> Result<u64, sqlx::Err
         .execute(pool)
         .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_chunks;
+
+    #[test]
+    fn chunks_stay_under_the_limit_and_a_large_item_goes_alone() {
+        let chunks = |sizes: &[usize]| byte_chunks(sizes.iter().copied(), 10);
+        assert_eq!(chunks(&[]), vec![]);
+        assert_eq!(chunks(&[4, 4, 2, 1]), vec![0..3, 3..4]);
+        assert_eq!(chunks(&[3, 25, 3, 3]), vec![0..1, 1..2, 2..4]);
+        assert_eq!(chunks(&[10, 0, 10]), vec![0..2, 2..3]);
+        let sizes = [7usize, 1, 9, 2, 2, 6, 11, 4];
+        let all = chunks(&sizes);
+        assert_eq!(all.iter().map(|r| r.len()).sum::<usize>(), sizes.len());
+        assert!(all.iter().all(|r| r.len() == 1 || sizes[r.clone()].iter().sum::<usize>() <= 10));
+    }
 }

@@ -7,6 +7,11 @@
 //! many users there are and however large their profiles grow. (A cache of two
 //! generations, dropping the older half at once, swung between half and all
 //! of its budget, and resident memory swung with it.)
+//!
+//! The budget covers the map's and the queue's own tables at their real
+//! capacity, not only the profiles: a hash table never shrinks, so a table
+//! sized for the many small profiles of a young cache stays when fewer, larger
+//! profiles fill it later. Profiles are boxed so a table slot is a few words.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -22,6 +27,10 @@ pub struct ProfileCache {
     /// outnumber the entries.
     order: VecDeque<(u64, String)>,
     inserts: u64,
+    /// The most entries the map's table had room for: it never shrinks, and its
+    /// `capacity()` drops below its allocation as removals leave tombstones.
+    map_capacity: usize,
+    /// Bytes charged for the entries (profiles and key copies), tables apart.
     bytes: usize,
     budget: usize,
 }
@@ -29,7 +38,7 @@ pub struct ProfileCache {
 /// A cached profile, the bytes charged for it, and its insert number.
 #[derive(Debug)]
 struct Entry {
-    profile: Profile,
+    profile: Box<Profile>,
     bytes: usize,
     insert: u64,
 }
@@ -40,23 +49,30 @@ fn is_current(entries: &HashMap<String, Entry>, insert: u64, user_id: &str) -> b
     entries.get(user_id).is_some_and(|e| e.insert == insert)
 }
 
-/// Bytes charged per entry beyond the profile: the map's slot and key, and
-/// two slots of the order queue with their copies of the key (a live one and
-/// at most one stale one on average, given the compaction rule).
+/// Bytes charged per entry beyond the profile: the heap copies of its key, in
+/// the map and in the order queue (a live pair and at most one stale one on
+/// average, given the compaction rule). Table slots are charged by capacity.
 fn entry_overhead(user_id: &str) -> usize {
-    let key = user_id.len().next_multiple_of(16) + 16;
-    size_of::<(String, Entry)>() + key + 2 * (size_of::<(u64, String)>() + key)
+    3 * (user_id.len().next_multiple_of(16) + 16)
 }
 
 impl ProfileCache {
     /// An empty cache holding about `budget` bytes at most (0: holds nothing).
     pub fn new(budget: usize) -> Self {
-        Self { entries: HashMap::new(), order: VecDeque::new(), inserts: 0, bytes: 0, budget }
+        Self { entries: HashMap::new(), order: VecDeque::new(), inserts: 0, map_capacity: 0, bytes: 0, budget }
     }
 
     /// The cached profile of `user_id`.
     pub fn get(&self, user_id: &str) -> Option<&Profile> {
-        self.entries.get(user_id).map(|e| &e.profile)
+        self.entries.get(user_id).map(|e| &*e.profile)
+    }
+
+    /// Takes `user_id`'s profile out of the cache (to update it without a copy;
+    /// caching it again afterwards makes it the most recent).
+    pub fn take(&mut self, user_id: &str) -> Option<Profile> {
+        let e = self.entries.remove(user_id)?;
+        self.bytes -= e.bytes;
+        Some(*e.profile)
     }
 
     /// Whether `user_id` is cached.
@@ -76,8 +92,9 @@ impl ProfileCache {
         self.inserts += 1;
         self.bytes += bytes;
         self.order.push_back((self.inserts, profile.user_id.clone()));
-        self.entries.insert(profile.user_id.clone(), Entry { profile, bytes, insert: self.inserts });
-        while self.bytes > self.budget {
+        self.entries.insert(profile.user_id.clone(), Entry { profile: Box::new(profile), bytes, insert: self.inserts });
+        self.map_capacity = self.map_capacity.max(self.entries.capacity());
+        while self.bytes() > self.budget {
             let Some((insert, user_id)) = self.order.pop_front() else { break };
             if is_current(&self.entries, insert, &user_id) {
                 self.remove(&user_id);
@@ -98,9 +115,7 @@ impl ProfileCache {
 
     /// Forgets `user_id`.
     pub fn remove(&mut self, user_id: &str) {
-        if let Some(e) = self.entries.remove(user_id) {
-            self.bytes -= e.bytes;
-        }
+        self.take(user_id);
     }
 
     /// Forgets everything (partitions moved: other instances may have changed these users).
@@ -118,9 +133,17 @@ impl ProfileCache {
         self.entries.is_empty()
     }
 
-    /// Estimated bytes held (see [`Profile::approx_bytes`]).
+    /// Estimated bytes held: the profiles (see [`Profile::approx_bytes`]),
+    /// their keys, and the map's and queue's tables at their capacity.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.table_bytes()
+    }
+
+    /// The map's and the queue's tables. The map holds at most 7 entries per
+    /// 8 slots, with a control byte per slot.
+    fn table_bytes(&self) -> usize {
+        self.map_capacity * 8 / 7 * (size_of::<(String, Entry)>() + 1)
+            + self.order.capacity() * size_of::<(u64, String)>()
     }
 }
 
@@ -134,17 +157,25 @@ mod tests {
         p
     }
 
+    /// Bytes charged for one small profile, tables apart.
     fn one() -> usize {
         profile("u0", 0).approx_bytes() + entry_overhead("u0")
     }
 
+    /// What `n` small profiles cost with their tables, as the cache counts them.
+    fn holding(n: usize) -> usize {
+        let mut c = ProfileCache::new(usize::MAX);
+        c.extend((0..n).map(|i| profile(&format!("u{i}"), 0)));
+        c.bytes()
+    }
+
     #[test]
     fn holds_what_fits_and_drops_the_least_recently_cached_first() {
-        let mut c = ProfileCache::new(one() * 5);
+        let mut c = ProfileCache::new(holding(5));
         for i in 0..5 {
             c.insert(profile(&format!("u{i}"), 0));
         }
-        assert_eq!((c.len(), c.bytes()), (5, 5 * one()));
+        assert_eq!((c.len(), c.bytes()), (5, holding(5)));
         assert_eq!(c.get("u3").map(|p| p.user_id.as_str()), Some("u3"));
         c.insert(profile("u5", 0));
         assert_eq!(c.len(), 5);
@@ -153,17 +184,45 @@ mod tests {
 
     #[test]
     fn a_recached_profile_is_the_most_recent_again() {
-        let mut c = ProfileCache::new(one() * 3);
+        // Three profiles, with tables grown for the fourth one and for the
+        // order queue's fifth pair (from 4 to 8 pairs).
+        let mut c = ProfileCache::new(holding(4) - one() + 4 * size_of::<(u64, String)>());
         c.extend([profile("u0", 0), profile("u1", 0), profile("u2", 0)]);
         c.insert(profile("u0", 0)); // used again: u1 is now the least recent
         c.insert(profile("u3", 0));
         assert!(c.contains("u0") && !c.contains("u1") && c.contains("u2") && c.contains("u3"));
-        assert_eq!(c.bytes(), 3 * one());
+        assert_eq!(c.bytes() - c.table_bytes(), 3 * one());
+    }
+
+    #[test]
+    fn the_budget_covers_the_tables_at_their_capacity() {
+        let mut c = ProfileCache::new(usize::MAX);
+        c.extend((0..1000).map(|i| profile(&format!("u{i}"), 0)));
+        assert!(c.table_bytes() >= 1000 * (size_of::<(String, Entry)>() + size_of::<(u64, String)>()));
+        // Fewer, larger profiles later: the map keeps its table, and it is still charged.
+        let table = c.table_bytes();
+        for i in 0..900 {
+            c.remove(&format!("u{i}"));
+        }
+        assert_eq!(c.table_bytes(), table);
+        assert_eq!(c.bytes(), 100 * one() + c.table_bytes());
+    }
+
+    #[test]
+    fn taking_a_profile_removes_it() {
+        let mut c = ProfileCache::new(usize::MAX);
+        c.extend([profile("a", 10), profile("b", 0)]);
+        let a = c.take("a").expect("cached");
+        assert_eq!(a, profile("a", 10));
+        assert!(!c.contains("a") && c.contains("b") && c.take("a").is_none());
+        assert_eq!(c.bytes() - c.table_bytes(), one());
+        c.insert(a);
+        assert!(c.contains("a"));
     }
 
     #[test]
     fn fills_to_the_budget_and_stays_there_however_many_users_come() {
-        let budget = 64 * 1024;
+        let budget = 256 * 1024;
         let mut c = ProfileCache::new(budget);
         let largest = profile("user-9999", 299).approx_bytes() + entry_overhead("user-9999");
         let mut full = false;
@@ -171,7 +230,8 @@ mod tests {
             c.insert(profile(&format!("user-{i}"), i % 300));
             assert!(c.bytes() <= budget, "{} bytes after {i}", c.bytes());
             full |= c.bytes() + largest > budget;
-            // Once full it stays full: evictions free only what the newcomer needs.
+            // Once full it stays full: evictions free only what the newcomer
+            // needs (the tables' size can only have grown meanwhile).
             assert!(!full || c.bytes() + 2 * largest > budget, "{} bytes after {i}", c.bytes());
         }
         assert!(c.len() > 10 && c.len() < 10_000);
@@ -185,11 +245,7 @@ mod tests {
         let before = c.bytes();
         c.insert(profile("a", 1000));
         assert_eq!(c.len(), 1);
-        assert!(c.bytes() > before);
-        c.insert(profile("a", 10));
-        assert_eq!(c.bytes(), before);
-        c.remove("a");
-        assert_eq!((c.len(), c.bytes()), (0, 0));
+        assert_eq!(c.bytes() - before, profile("a", 1000).approx_bytes() - profile("a", 10).approx_bytes());
     }
 
     #[test]
@@ -210,16 +266,17 @@ mod tests {
     fn a_zero_budget_or_a_huge_profile_is_not_cached() {
         let mut c = ProfileCache::new(0);
         c.insert(profile("a", 0));
-        assert!(c.is_empty());
-        let mut c = ProfileCache::new(4096);
-        c.insert(profile("a", 0));
-        c.insert(profile("a", 10_000));
         assert!(c.is_empty() && c.bytes() == 0);
+        let mut c = ProfileCache::new(8192);
+        c.insert(profile("a", 0));
+        assert!(c.contains("a"));
+        c.insert(profile("a", 10_000));
+        assert!(c.is_empty() && c.bytes() == c.table_bytes());
     }
 
     #[test]
     fn clearing_forgets_everything_and_keeps_the_budget() {
-        let mut c = ProfileCache::new(one() * 2);
+        let mut c = ProfileCache::new(holding(2));
         c.extend([profile("u0", 0), profile("u1", 0)]);
         c.clear();
         assert!(c.is_empty() && c.bytes() == 0);

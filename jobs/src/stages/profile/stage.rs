@@ -164,11 +164,14 @@ async fn sweep_segments(
 }
 
 /// Applies one batch in one transaction; returns the updated profiles to cache.
+/// The batch's cached profiles are taken out of `cache` and updated in place:
+/// if the batch fails they are simply loaded again from PostgreSQL, which the
+/// failed transaction left as it was.
 async fn apply_batch(
     ctx: &Ctx,
     pool: &PgPool,
     sink: &KafkaSink,
-    cache: &ProfileCache,
+    cache: &mut ProfileCache,
     (batch, segments_and_triggers): (&[Decoded], &Rules),
     m: &ProfileMetrics,
 ) -> Result<HashMap<String, Profile>, String> {
@@ -202,8 +205,7 @@ async fn apply_batch(
     for e in &events {
         let p = working.entry(e.user_id.clone()).or_insert_with(|| {
             cache
-                .get(&e.user_id)
-                .cloned()
+                .take(&e.user_id)
                 .or_else(|| loaded.remove(&e.user_id))
                 .unwrap_or_else(|| Profile::new(e.user_id.clone()))
         });
@@ -386,7 +388,7 @@ pub async fn run(
             .collect();
         let mut attempt = 0;
         let updated = loop {
-            match apply_batch(&ctx, &pool, &sink, &cache, (&decoded, &segments_and_triggers), &m).await {
+            match apply_batch(&ctx, &pool, &sink, &mut cache, (&decoded, &segments_and_triggers), &m).await {
                 Ok(updated) => break updated,
                 Err(e) => {
                     m.retries.with_label_values(&["batch"]).inc();
@@ -399,6 +401,7 @@ pub async fn run(
         m.flush_seconds.observe(started.elapsed().as_secs_f64());
         cache.extend(updated.into_values());
         m.cache_bytes.set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
+        m.cache_entries.set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
         if let Err(e) = poller.source().commit(&batch) {
             tracing::debug!(error = %e, "kafka commit failed; PostgreSQL offsets stay authoritative");
         }
