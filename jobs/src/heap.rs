@@ -10,7 +10,6 @@ use prometheus::{IntGauge, Registry};
 use tikv_jemalloc_ctl::{epoch, stats};
 
 /// Reads jemalloc's statistics on every scrape.
-#[derive(Clone)]
 pub struct HeapCollector {
     allocated: IntGauge,
     active: IntGauge,
@@ -19,25 +18,27 @@ pub struct HeapCollector {
     metadata: IntGauge,
 }
 
-fn gauge(name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
-    IntGauge::new(name, help)
-}
-
 impl HeapCollector {
     /// The collector's gauges, not yet read.
     pub fn new() -> Result<Self, prometheus::Error> {
         Ok(Self {
-            allocated: gauge("lifecycle_heap_allocated_bytes", "Bytes the program has allocated and not freed")?,
-            active: gauge("lifecycle_heap_active_bytes", "Bytes in the allocator's pages that hold allocations")?,
-            resident: gauge(
+            allocated: IntGauge::new(
+                "lifecycle_heap_allocated_bytes",
+                "Bytes the program has allocated and not freed",
+            )?,
+            active: IntGauge::new(
+                "lifecycle_heap_active_bytes",
+                "Bytes in the allocator's pages that hold allocations",
+            )?,
+            resident: IntGauge::new(
                 "lifecycle_heap_resident_bytes",
                 "Bytes of the allocator's pages in physical memory (data, metadata, freed pages not yet returned)",
             )?,
-            retained: gauge(
+            retained: IntGauge::new(
                 "lifecycle_heap_retained_bytes",
                 "Bytes of virtual memory given back to the system but kept mapped for reuse",
             )?,
-            metadata: gauge("lifecycle_heap_metadata_bytes", "Bytes of the allocator's own bookkeeping")?,
+            metadata: IntGauge::new("lifecycle_heap_metadata_bytes", "Bytes of the allocator's own bookkeeping")?,
         })
     }
 

@@ -21,9 +21,10 @@ pub struct ProfileConfig {
     pub rejoin_when_unassigned_secs: u64,
     /// How long applied event ids are remembered for deduplication, in hours.
     pub dedup_window_hours: u64,
-    /// Memory for cached profiles and the cache's tables, in MiB (estimated; 0: no cache, every batch
-    /// loads its users from PostgreSQL). The least recently updated profiles
-    /// are dropped first, one at a time, so the cache stays at this once full.
+    /// Memory for cached profiles and the cache's own tables, in MiB
+    /// (estimated; 0: no cache, every batch loads its users from PostgreSQL).
+    /// The least recently updated profiles are dropped first, one at a time,
+    /// so the cache stays at this once full.
     pub cache_mib: usize,
     /// How often segment and trigger definitions are reloaded, in milliseconds.
     pub rules_reload_ms: u64,
