@@ -62,11 +62,6 @@ impl ProfileCache {
         Self { entries: HashMap::new(), order: VecDeque::new(), inserts: 0, map_capacity: 0, bytes: 0, budget }
     }
 
-    /// The cached profile of `user_id`.
-    pub fn get(&self, user_id: &str) -> Option<&Profile> {
-        self.entries.get(user_id).map(|e| &*e.profile)
-    }
-
     /// Takes `user_id`'s profile out of the cache (to update it without a copy;
     /// caching it again afterwards makes it the most recent).
     pub fn take(&mut self, user_id: &str) -> Option<Profile> {
@@ -176,7 +171,9 @@ mod tests {
             c.insert(profile(&format!("u{i}"), 0));
         }
         assert_eq!((c.len(), c.bytes()), (5, holding(5)));
-        assert_eq!(c.get("u3").map(|p| p.user_id.as_str()), Some("u3"));
+        let u3 = c.take("u3").expect("cached");
+        assert_eq!(u3.user_id, "u3");
+        c.insert(u3);
         c.insert(profile("u5", 0));
         assert_eq!(c.len(), 5);
         assert!(!c.contains("u0") && (1..6).all(|i| c.contains(&format!("u{i}"))));
@@ -246,6 +243,10 @@ mod tests {
         c.insert(profile("a", 1000));
         assert_eq!(c.len(), 1);
         assert_eq!(c.bytes() - before, profile("a", 1000).approx_bytes() - profile("a", 10).approx_bytes());
+        c.insert(profile("a", 10));
+        assert_eq!(c.bytes(), before);
+        c.remove("a");
+        assert_eq!((c.len(), c.bytes() - c.table_bytes()), (0, 0));
     }
 
     #[test]
