@@ -115,7 +115,8 @@ async fn main() {
     let ch = lifecycle_connectors::clickhouse::client(&cfg.clickhouse);
     let t = Instant::now();
     for chunk in rows.chunks(cfg.analytics.max_batch_records) {
-        insert(&ch, "events_crate", chunk).await.expect("crate insert");
+        let chunk: Vec<&EventRow> = chunk.iter().collect();
+        insert(&ch, "events_crate", &chunk).await.expect("crate insert");
     }
     let crate_time = t.elapsed();
 

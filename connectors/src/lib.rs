@@ -3,6 +3,7 @@
 //! HTTP layer (ingestion API, API keys, rate limits, metrics endpoints).
 
 pub mod clickhouse;
+pub mod error;
 pub mod http;
 pub mod http_analytics;
 pub mod http_ingest;

@@ -29,6 +29,8 @@ pub struct ValidationConfig {
     pub max_age_days: u64,
     /// Longest event_id / user_id / session_id, in bytes.
     pub max_id_len: usize,
+    /// Longest string in `event_properties` (values and keys), in bytes.
+    pub max_string_len: usize,
 }
 
 impl Default for ValidationConfig {
@@ -38,6 +40,7 @@ impl Default for ValidationConfig {
             max_future_skew_secs: l.max_future_skew.as_secs(),
             max_age_days: l.max_age.as_secs() / 86_400,
             max_id_len: l.max_id_len,
+            max_string_len: l.max_string_len,
         }
     }
 }
@@ -48,10 +51,14 @@ impl ValidationConfig {
         if self.max_id_len == 0 {
             return Err("validation.max_id_len must be positive".into());
         }
+        if self.max_string_len == 0 {
+            return Err("validation.max_string_len must be positive".into());
+        }
         Ok(Limits {
             max_future_skew: Duration::from_secs(self.max_future_skew_secs),
             max_age: Duration::from_secs(self.max_age_days.saturating_mul(86_400)),
             max_id_len: self.max_id_len,
+            max_string_len: self.max_string_len,
         })
     }
 }
@@ -185,7 +192,7 @@ mod tests {
         assert_eq!(cfg.validate, defaults.validate);
         assert_eq!(cfg.workflows, defaults.workflows);
         let ports = |s: &crate::stack::StackConfig| {
-            (s.kafka_port, s.postgres_port, s.clickhouse_http_port, s.clickhouse_tcp_port, s.tansu_maintenance_minutes)
+            (s.kafka_port, s.kafka_controller_port, s.postgres_port, s.clickhouse_http_port, s.clickhouse_tcp_port)
         };
         assert_eq!(ports(&cfg.stack), ports(&defaults.stack));
     }

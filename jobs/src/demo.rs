@@ -40,26 +40,34 @@ pub fn high_watermarks(cfg: &LifecycleConfig, topic: &str) -> Result<BTreeMap<i3
 /// A record read back: (partition, offset, key, payload).
 pub type Fetched = (i32, i64, Option<Vec<u8>>, Vec<u8>);
 
-/// Reads every record of `topic` from `from` up to the current high watermarks.
+/// Reads every committed record of `topic` from `from` up to the current end
+/// of each partition (`read_committed`: records of open or aborted
+/// transactions are not returned; transaction markers take offsets, so the end
+/// is found by the consumer reaching it, not by counting records).
 pub fn read_from(cfg: &LifecycleConfig, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<Fetched>, String> {
     let to = high_watermarks(cfg, topic)?;
-    let c: BaseConsumer = cfg.kafka.consumer("lifecycle-demo-reader").create().map_err(|e| e.to_string())?;
+    let c: BaseConsumer = cfg
+        .kafka
+        .consumer("lifecycle-demo-reader")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
+    let mut open: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
     for (&p, &high) in &to {
         let start = from.get(&p).copied().unwrap_or(0);
         if high > start {
             tpl.add_partition_offset(topic, p, Offset::Offset(start)).map_err(|e| e.to_string())?;
-            remaining += high - start;
+            open.insert(p);
         }
     }
     let mut out = Vec::new();
-    if remaining == 0 {
+    if open.is_empty() {
         return Ok(out);
     }
     c.assign(&tpl).map_err(|e| e.to_string())?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
+    while !open.is_empty() && std::time::Instant::now() < deadline {
         match c.poll(Duration::from_millis(500)) {
             Some(Ok(m)) if m.offset() < to.get(&m.partition()).copied().unwrap_or(0) => {
                 out.push((
@@ -68,6 +76,12 @@ pub fn read_from(cfg: &LifecycleConfig, topic: &str, from: &BTreeMap<i32, i64>) 
                     m.key().map(<[u8]>::to_vec),
                     m.payload().unwrap_or_default().to_vec(),
                 ));
+                if m.offset() + 1 >= to.get(&m.partition()).copied().unwrap_or(0) {
+                    open.remove(&m.partition());
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
             }
             Some(Ok(_)) | None => {}
             Some(Err(e)) => return Err(e.to_string()),

@@ -60,6 +60,22 @@ impl Envelope {
         walker: &StrictWalker,
         body: &[u8],
     ) -> Result<Map<String, Value>, Rejection> {
+        let (obj, errors) = self.decode_fields(writer, walker, body)?;
+        match Rejection::from_errors(errors) {
+            Some(r) => Err(r),
+            None => Ok(obj),
+        }
+    }
+
+    /// Decodes the body into the envelope's JSON shape and the errors of fields
+    /// that decode but do not convert (`event_properties` that is not JSON
+    /// text), so the caller can still name the record (its `event_id`).
+    pub fn decode_fields(
+        &self,
+        writer: &Schema,
+        walker: &StrictWalker,
+        body: &[u8],
+    ) -> Result<(Map<String, Value>, Vec<FieldError>), Rejection> {
         let len = walker
             .datum_len(body)
             .map_err(|e| Rejection::record(ReasonCode::AvroDecodeError, format!("Avro body does not decode: {e}")))?;
@@ -89,10 +105,7 @@ impl Envelope {
             let json = if name == "event_properties" { properties_from_avro(v, &mut errors) } else { to_json(v) };
             obj.insert(name, json);
         }
-        match Rejection::from_errors(errors) {
-            Some(r) => Err(r),
-            None => Ok(obj),
-        }
+        Ok((obj, errors))
     }
 
     /// Encodes a validated event as an Avro body (without the Confluent header).

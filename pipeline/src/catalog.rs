@@ -44,7 +44,17 @@ struct FieldTy {
     ty: Ty,
     /// A default exists (so the field may be omitted).
     optional: bool,
+    /// Longest accepted string, in characters: the field's `maxLength` attribute
+    /// (this project's extension of the Avro field; Avro ignores it), set where
+    /// the value lands in a bounded column (`users.email` is `VARCHAR(255)`).
+    max_len: Option<usize>,
 }
+
+/// Largest magnitude of a `float` or `double` property. Amounts are summed in
+/// integer cents in 64-bit columns (profiles, ClickHouse `amount_cents`):
+/// 10^12 currency units is 10^14 cents, so about 92,000 such values still sum
+/// within `i64`; a larger value is a producer's bug, not a purchase.
+pub const MAX_NUMBER: f64 = 1e12;
 
 impl Ty {
     fn describe(&self) -> String {
@@ -92,7 +102,15 @@ impl Ty {
                     wrong(errors);
                 }
             }
-            (Ty::Float, Value::Number(_)) => {}
+            (Ty::Float, Value::Number(n)) => {
+                if n.as_f64().is_none_or(|f| !f.is_finite() || f.abs() > MAX_NUMBER) {
+                    errors.push(FieldError::new(
+                        path,
+                        ReasonCode::ValueOutOfRange,
+                        format!("{n} is beyond ±{MAX_NUMBER:e}, the largest amount the stores sum exactly"),
+                    ));
+                }
+            }
             (Ty::Enum(symbols), Value::String(s)) => {
                 if !symbols.iter().any(|sym| sym == s) {
                     errors.push(FieldError::new(
@@ -158,7 +176,18 @@ fn check_record(path: &str, fields: &[FieldTy], obj: &Map<String, Value>, errors
                 ReasonCode::MissingRequiredField,
                 format!("required {} is missing", field.ty.describe()),
             )),
-            Some(v) => field.ty.check(&join(&field.name), v, errors),
+            Some(v) => {
+                field.ty.check(&join(&field.name), v, errors);
+                if let (Some(max), Value::String(s)) = (field.max_len, v)
+                    && s.chars().count() > max
+                {
+                    errors.push(FieldError::new(
+                        join(&field.name),
+                        ReasonCode::ValueTooLong,
+                        format!("longer than {max} characters"),
+                    ));
+                }
+            }
         }
     }
 }
@@ -251,7 +280,20 @@ fn to_ty(json: &Value, names: &mut BTreeMap<String, Ty>) -> Result<Ty, String> {
                     for f in fields {
                         let name = f.get("name").and_then(Value::as_str).ok_or("field without 'name'")?;
                         let fty = to_ty(f.get("type").ok_or("field without 'type'")?, names)?;
-                        out.push(FieldTy { name: name.to_owned(), optional: f.get("default").is_some(), ty: fty });
+                        let max_len = match f.get("maxLength") {
+                            None => None,
+                            Some(v) => Some(
+                                v.as_u64()
+                                    .and_then(|n| usize::try_from(n).ok())
+                                    .ok_or_else(|| format!("field '{name}': maxLength must be a positive integer"))?,
+                            ),
+                        };
+                        out.push(FieldTy {
+                            name: name.to_owned(),
+                            optional: f.get("default").is_some(),
+                            ty: fty,
+                            max_len,
+                        });
                     }
                     let rec = Ty::Record(out);
                     named(names, &rec);
@@ -296,7 +338,7 @@ mod tests {
     use serde_json::json;
 
     const PURCHASE: &str = r#"{"type":"record","name":"PurchaseComplete","fields":[
-        {"name":"order_id","type":"string"},
+        {"name":"order_id","type":"string","maxLength":8},
         {"name":"amount","type":"double"},
         {"name":"currency","type":{"type":"enum","name":"Currency","symbols":["USD","EUR"]}},
         {"name":"items","type":["null","int"],"default":null},
@@ -334,6 +376,31 @@ mod tests {
             ]
         );
         assert_eq!(errors[1].message, "expected number, got string");
+    }
+
+    #[test]
+    fn amounts_stay_in_the_range_the_stores_sum_and_strings_within_their_max_length() {
+        let errors = check(json!({"order_id":"order-123456","amount":1e13,"currency":"EUR"}));
+        let got: Vec<(&str, ReasonCode)> = errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("event_properties.order_id", ReasonCode::ValueTooLong),
+                ("event_properties.amount", ReasonCode::ValueOutOfRange),
+            ]
+        );
+        assert!(check(json!({"order_id":"ö1234567","amount":-1e12,"currency":"EUR"})).is_empty(), "8 characters");
+        assert_eq!(
+            check(json!({"order_id":"o","amount":18446744073709551615u64,"currency":"EUR"}))[0].code,
+            ReasonCode::ValueOutOfRange
+        );
+        assert!(
+            EventCatalog::from_schemas([(
+                "a.b",
+                r#"{"type":"record","name":"X","fields":[{"name":"f","type":"string","maxLength":"x"}]}"#
+            )])
+            .is_err()
+        );
     }
 
     #[test]

@@ -20,6 +20,66 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Result<
     Ok(h)
 }
 
+/// Every record a stage consumes gets exactly one outcome, counted here with a
+/// reason: `applied` (written to the stage's store or output), `skipped`
+/// (nothing to do: already applied, a duplicate) or `dead_lettered` (with the
+/// reason code its dead-letter record carries). Tests check that a stage's
+/// records in equal the sum of its outcomes.
+#[derive(Clone)]
+pub struct Outcomes {
+    counter: IntCounterVec,
+}
+
+impl Outcomes {
+    /// Registers `lifecycle_<stage>_<what>_total{outcome, reason}` in `r`.
+    pub fn register(r: &Registry, name: &str, help: &str) -> Result<Self, prometheus::Error> {
+        Ok(Self { counter: counter_vec(r, name, help, &["outcome", "reason"])? })
+    }
+
+    /// `n` records applied (`reason` says how, e.g. `event`, `started`).
+    pub fn applied(&self, reason: &str, n: u64) {
+        self.counter.with_label_values(&["applied", reason]).inc_by(n);
+    }
+
+    /// `n` records skipped for `reason`.
+    pub fn skipped(&self, reason: &str, n: u64) {
+        self.counter.with_label_values(&["skipped", reason]).inc_by(n);
+    }
+
+    /// `n` records dead-lettered for `reason`.
+    pub fn dead_lettered(&self, reason: &str, n: u64) {
+        self.counter.with_label_values(&["dead_lettered", reason]).inc_by(n);
+    }
+
+    /// Records with `outcome` so far, over every reason.
+    pub fn total(&self, outcome: &str) -> u64 {
+        self.by_reason(outcome).iter().map(|(_, n)| n).sum()
+    }
+
+    /// Records with `outcome` so far, per reason.
+    pub fn by_reason(&self, outcome: &str) -> Vec<(String, u64)> {
+        use prometheus::core::Collector;
+        let mut out = Vec::new();
+        for family in self.counter.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned()).unwrap_or_default()
+                };
+                if label("outcome") == outcome {
+                    out.push((label("reason"), m.get_counter().get_value() as u64));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Records with any outcome so far.
+    pub fn all(&self) -> u64 {
+        ["applied", "skipped", "dead_lettered"].iter().map(|o| self.total(o)).sum()
+    }
+}
+
 /// Metrics of the validation stage.
 #[derive(Clone)]
 pub struct ValidateMetrics {
@@ -125,11 +185,10 @@ impl HttpMetrics {
 pub struct ProfileMetrics {
     /// Records consumed from events.valid.
     pub records_in: IntCounter,
-    /// Events applied to profiles.
-    pub events_applied: IntCounter,
-    /// Records skipped: `offset` (already applied before a restart), `event_id`
-    /// (duplicate delivery), `undecodable`.
-    pub skipped: IntCounterVec,
+    /// Each record's outcome: `applied` (`event`), `skipped` (`offset`: applied
+    /// before a restart; `event_id`: a duplicate delivery) or `dead_lettered`
+    /// (the reason code: unreadable, or refused by PostgreSQL).
+    pub outcomes: Outcomes,
     /// Lifecycle transitions by target stage.
     pub transitions: IntCounterVec,
     /// Records per batch.
@@ -158,8 +217,11 @@ impl ProfileMetrics {
     pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
         let records_in = IntCounter::new("lifecycle_profile_records_in_total", "Records consumed from events.valid")?;
         r.register(Box::new(records_in.clone()))?;
-        let events_applied = IntCounter::new("lifecycle_profile_events_applied_total", "Events applied to profiles")?;
-        r.register(Box::new(events_applied.clone()))?;
+        let outcomes = Outcomes::register(
+            r,
+            "lifecycle_profile_outcomes_total",
+            "Records by outcome (applied, skipped, dead_lettered) and reason",
+        )?;
         let lag = IntGaugeVec::new(
             Opts::new("lifecycle_profile_consumer_lag_records", "High watermark minus committed offset"),
             &["partition"],
@@ -171,10 +233,9 @@ impl ProfileMetrics {
         r.register(Box::new(cache_entries.clone()))?;
         let m = Self {
             records_in,
-            events_applied,
+            outcomes,
             cache_bytes,
             cache_entries,
-            skipped: counter_vec(r, "lifecycle_profile_skipped_total", "Records not applied, by reason", &["reason"])?,
             cache_lookups: counter_vec(
                 r,
                 "lifecycle_profile_cache_lookups_total",
@@ -214,8 +275,9 @@ impl ProfileMetrics {
                 &["change"],
             )?,
         };
-        for reason in ["offset", "event_id", "undecodable"] {
-            m.skipped.with_label_values(&[reason]);
+        m.outcomes.applied("event", 0);
+        for reason in ["offset", "event_id"] {
+            m.outcomes.skipped(reason, 0);
         }
         Ok(m)
     }
@@ -228,9 +290,10 @@ pub struct AnalyticsMetrics {
     pub records_in: IntCounter,
     /// Rows inserted into ClickHouse, by table (`events`, `lifecycle_events`).
     pub rows_inserted: IntCounterVec,
-    /// Records not inserted, by reason (`undecodable`, `bad_transition`).
-    pub skipped: IntCounterVec,
-    /// Retries by cause (`insert`, `migrate`, `registry`, `rejoin`, `rollup`).
+    /// Each record's outcome: `applied` (`event`, `transition`) or
+    /// `dead_lettered` (the reason code: unreadable, or refused by ClickHouse).
+    pub outcomes: Outcomes,
+    /// Retries by cause (`insert`, `migrate`, `registry`, `rollup`, `dlq`).
     pub retries: IntCounterVec,
     /// Days recomputed into metrics_daily.
     pub days_rolled_up: IntCounter,
@@ -254,7 +317,11 @@ impl AnalyticsMetrics {
         Ok(Self {
             records_in,
             rows_inserted: counter_vec(r, "lifecycle_analytics_rows_inserted_total", "Rows inserted", &["table"])?,
-            skipped: counter_vec(r, "lifecycle_analytics_skipped_total", "Records not inserted", &["reason"])?,
+            outcomes: Outcomes::register(
+                r,
+                "lifecycle_analytics_outcomes_total",
+                "Records by outcome (applied, dead_lettered) and reason",
+            )?,
             retries: counter_vec(r, "lifecycle_analytics_retries_total", "Retries by cause", &["cause"])?,
             days_rolled_up,
             rollup_seconds,
@@ -265,9 +332,10 @@ impl AnalyticsMetrics {
 /// Metrics of the workflow engine.
 #[derive(Clone)]
 pub struct WorkflowMetrics {
-    /// Commands consumed from workflow.commands, by outcome (`started`,
-    /// `duplicate`, `cancelled`, `dead_lettered`).
-    pub commands: IntCounterVec,
+    /// Commands consumed from workflow.commands, by outcome: `applied`
+    /// (`started`, `cancelled`), `skipped` (`duplicate`) or `dead_lettered`
+    /// (the reason on workflow.dlq).
+    pub commands: Outcomes,
     /// Instances started.
     pub instances_started: IntCounter,
     /// Instances that ended, by status (`completed`, `failed`).
@@ -293,11 +361,10 @@ impl WorkflowMetrics {
         let in_flight = IntGauge::new("lifecycle_workflow_in_flight", "Instances being worked on now")?;
         r.register(Box::new(in_flight.clone()))?;
         Ok(Self {
-            commands: counter_vec(
+            commands: Outcomes::register(
                 r,
                 "lifecycle_workflow_commands_total",
-                "Commands consumed by outcome",
-                &["outcome"],
+                "Commands consumed by outcome (applied, skipped, dead_lettered) and reason",
             )?,
             instances_started,
             instances_ended: counter_vec(

@@ -116,8 +116,13 @@ pub fn process(
             if let Err(r) = &writer.readable {
                 return Outcome::Rejected(r.clone(), None);
             }
-            match envelope.decode_with(&writer.schema, &writer.walker, body) {
-                Ok(o) => o,
+            match envelope.decode_fields(&writer.schema, &writer.walker, body) {
+                Ok((o, errors)) => match Rejection::from_errors(errors) {
+                    None => o,
+                    Some(r) => {
+                        return Outcome::Rejected(r, o.get("event_id").and_then(Value::as_str).map(str::to_owned));
+                    }
+                },
                 Err(r) => return Outcome::Rejected(r, None),
             }
         }

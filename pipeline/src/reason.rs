@@ -38,11 +38,23 @@ pub enum ReasonCode {
     InvalidProperties,
     /// A field that the envelope does not define.
     UnknownField,
+    /// Text the stores cannot hold: U+0000 (NUL), which PostgreSQL's text and
+    /// JSONB refuse.
+    UnsupportedCharacter,
+    /// A string longer than its field allows (the field's `maxLength`, else
+    /// `validation.max_string_len`).
+    ValueTooLong,
+    /// A number beyond the range its store holds (amounts are summed in integer cents).
+    ValueOutOfRange,
+    /// A store refused the record with a data or constraint error (details carry
+    /// the store's code, e.g. the PostgreSQL SQLSTATE): found by a stage that
+    /// isolated it from its batch.
+    StoreRejected,
 }
 
 impl ReasonCode {
     /// Every code, in declaration order (used by golden tests and metric pre-registration).
-    pub const ALL: [ReasonCode; 14] = [
+    pub const ALL: [ReasonCode; 18] = [
         Self::InvalidWireFormat,
         Self::UnknownSchemaId,
         Self::AvroDecodeError,
@@ -57,6 +69,10 @@ impl ReasonCode {
         Self::TimestampOutOfRange,
         Self::InvalidProperties,
         Self::UnknownField,
+        Self::UnsupportedCharacter,
+        Self::ValueTooLong,
+        Self::ValueOutOfRange,
+        Self::StoreRejected,
     ];
 
     /// The stable snake_case code.
@@ -76,6 +92,10 @@ impl ReasonCode {
             Self::TimestampOutOfRange => "timestamp_out_of_range",
             Self::InvalidProperties => "invalid_properties",
             Self::UnknownField => "unknown_field",
+            Self::UnsupportedCharacter => "unsupported_character",
+            Self::ValueTooLong => "value_too_long",
+            Self::ValueOutOfRange => "value_out_of_range",
+            Self::StoreRejected => "store_rejected",
         }
     }
 }

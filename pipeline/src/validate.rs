@@ -35,6 +35,9 @@ pub struct Limits {
     pub max_age: Duration,
     /// Longest accepted id (event_id, user_id, session_id).
     pub max_id_len: usize,
+    /// Longest accepted string anywhere else (property values and keys, device
+    /// and location members), in bytes.
+    pub max_string_len: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             max_future_skew: Duration::from_secs(5 * 60),
             max_age: Duration::from_secs(365 * 24 * 3600),
             max_id_len: 128,
+            max_string_len: 8192,
         }
     }
 }
@@ -91,6 +95,9 @@ impl Validator {
         let device_info = optional_struct::<DeviceInfo>(obj, "device_info", &mut errors);
         let location = optional_struct::<Location>(obj, "location", &mut errors);
         let referrer = optional_string(obj, "referrer", 2048, &mut errors);
+        if let Some(props) = obj.get("event_properties") {
+            storable("event_properties", props, self.limits.max_string_len, &mut errors);
+        }
         for key in obj.keys() {
             if !ENVELOPE_FIELDS.contains(&key.as_str()) {
                 errors.push(FieldError::new(
@@ -228,6 +235,62 @@ impl Validator {
     }
 }
 
+/// Longest `device_info` or `location` member, in bytes.
+const MAX_MEMBER_LEN: usize = 256;
+
+fn nul(field: &str) -> FieldError {
+    FieldError::new(
+        field,
+        ReasonCode::UnsupportedCharacter,
+        "contains U+0000 (NUL), which PostgreSQL text and JSONB cannot store",
+    )
+}
+
+/// Every string under `path` (object keys included) that the stores cannot
+/// hold: a NUL character, or more than `max_len` bytes. For documents other
+/// than events (API bodies) that end up in PostgreSQL.
+pub fn unstorable(path: &str, v: &Value, max_len: usize) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    storable(path, v, max_len, &mut errors);
+    errors
+}
+
+/// Checks that every string (keys included) under `path` can be stored: no
+/// NUL character, at most `max_len` bytes. Lone surrogates never get this far:
+/// JSON parsing and Avro's UTF-8 check refuse them.
+fn storable(path: &str, v: &Value, max_len: usize, errors: &mut Vec<FieldError>) {
+    match v {
+        Value::String(s) if s.contains('\0') => errors.push(nul(path)),
+        Value::String(s) if s.len() > max_len => errors.push(FieldError::new(
+            path,
+            ReasonCode::ValueTooLong,
+            format!("{} bytes, longer than {max_len}", s.len()),
+        )),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                storable(&format!("{path}[{i}]"), item, max_len, errors);
+            }
+        }
+        Value::Object(o) => {
+            for (k, item) in o {
+                let child = format!("{path}.{}", k.replace('\0', "\\u0000"));
+                if k.contains('\0') {
+                    errors.push(nul(&child));
+                } else if k.len() > max_len {
+                    errors.push(FieldError::new(
+                        &child,
+                        ReasonCode::ValueTooLong,
+                        format!("key longer than {max_len} bytes"),
+                    ));
+                } else {
+                    storable(&child, item, max_len, errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn missing(field: &str, expected: &str) -> FieldError {
     FieldError::new(field, ReasonCode::MissingRequiredField, format!("required {expected} is missing"))
 }
@@ -244,6 +307,10 @@ fn required_string<'a>(obj: &'a Map<String, Value>, field: &str, errors: &mut Ve
         }
         Some(Value::String(s)) if s.trim().is_empty() => {
             errors.push(FieldError::new(field, ReasonCode::InvalidValue, "must not be empty"));
+            None
+        }
+        Some(Value::String(s)) if s.contains('\0') => {
+            errors.push(nul(field));
             None
         }
         Some(Value::String(s)) => Some(s),
@@ -275,6 +342,10 @@ fn optional_string(
             errors.push(FieldError::new(field, ReasonCode::InvalidValue, format!("longer than {max_len} bytes")));
             None
         }
+        Some(Value::String(s)) if s.contains('\0') => {
+            errors.push(nul(field));
+            None
+        }
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
             errors.push(wrong_type(field, "string", other));
@@ -291,13 +362,14 @@ fn optional_struct<T: serde::de::DeserializeOwned>(
 ) -> Option<T> {
     match obj.get(field) {
         None | Some(Value::Null) => None,
-        Some(Value::Object(inner)) => {
+        Some(whole @ Value::Object(inner)) => {
             let before = errors.len();
             for (k, v) in inner {
                 if !matches!(v, Value::String(_) | Value::Null) {
                     errors.push(wrong_type(&format!("{field}.{k}"), "string", v));
                 }
             }
+            storable(field, whole, MAX_MEMBER_LEN, errors);
             if errors.len() > before {
                 return None;
             }

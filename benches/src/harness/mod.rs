@@ -76,7 +76,7 @@ pub struct Row {
     pub usage: Usage,
     /// RSS over time (summed over the row's processes, by sample index).
     pub rss: Vec<RssSample>,
-    /// CPU time the broker (tansu) spent during the measurement.
+    /// CPU time the broker (Apache Kafka) spent during the measurement.
     pub broker_cpu: Option<Duration>,
     /// Why a fed run ended before all its events were done (`events` then counts
     /// those done).
@@ -116,10 +116,6 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// The latency run, when made.
     pub latency: Option<latency::Latency>,
-    /// Minutes between the broker's maintenance passes, when known.
-    pub broker_maintenance_minutes: Option<u64>,
-    /// The memory run's effective settings for the keys of [`SOAK_CLIENT_PROPERTIES`].
-    pub soak_client_properties: Vec<(String, String)>,
 }
 
 /// The stages a measured run starts.
@@ -210,9 +206,12 @@ impl Env {
         for db in &self.databases {
             let _ = http.post(&base.clickhouse.url).body(format!("DROP DATABASE IF EXISTS {db}")).send().await;
         }
-        // Topics are left in place: deleting topics made tansu 0.6's storage
-        // panic on the next idempotent produce ("more or less than one row").
-        println!("topics kept: {} (tansu cannot safely delete them)", self.topics.len());
+        if let Ok(admin) =
+            base.kafka.admin().create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>()
+        {
+            let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+            let _ = admin.delete_topics(&names, &rdkafka::admin::AdminOptions::new()).await;
+        }
     }
 }
 
@@ -226,19 +225,12 @@ pub fn encoding(cfg: &LifecycleConfig) -> Result<(Envelope, Validator), String> 
 }
 
 /// How far the memory run's feed may run ahead of the slowest stage, in
-/// events: tansu 0.6's fetch costs time in proportion to the consumer's lag
-/// (see benches/README.md), so the soak keeps the lag bounded instead of
-/// preloading its 10 million events.
+/// events: the run measures the stages' memory while they keep up with a
+/// stream, not while they drain a backlog of 10 million events.
 pub const SOAK_LAG: u64 = 100_000;
 
 /// A gate at this value tells [`produce`] to stop feeding.
 pub const GATE_STOP: u64 = u64::MAX;
-
-/// librdkafka settings of the memory run's clients (unless the configuration
-/// sets them): a group session and a produce timeout longer than tansu's
-/// maintenance stalls.
-pub const SOAK_CLIENT_PROPERTIES: [(&str, &str); 2] =
-    [("session.timeout.ms", "180000"), ("message.timeout.ms", "300000")];
 
 /// Generates `events` events of the standard mix for `users` users (seeded, ids
 /// made from `run_id`), encodes them as Confluent-framed Avro with `schema_id`
@@ -286,14 +278,6 @@ pub async fn produce(
     Ok((bytes / sent.max(1), sent as f64 / producing.as_secs_f64().max(1e-9)))
 }
 
-/// Sum of the high watermarks of `topic`'s partitions.
-fn high_watermarks(c: &BaseConsumer, topic: &str, partitions: i32) -> u64 {
-    (0..partitions)
-        .filter_map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
-        .map(|(_, high)| u64::try_from(high).unwrap_or(0))
-        .sum()
-}
-
 /// Sum of the samples of `metric` (whose labels contain `labels`) at a Prometheus endpoint.
 fn scrape(addr: SocketAddr, metric: &str, labels: &str) -> u64 {
     use std::io::{Read, Write};
@@ -314,26 +298,25 @@ fn scrape(addr: SocketAddr, metric: &str, labels: &str) -> u64 {
 
 /// `(started, done)` counts of a stage, from its metrics (and, for validate,
 /// from the output topic: its events count when they are in Kafka).
-fn progress(cfg: &LifecycleConfig, stage: Stage, out: &BaseConsumer) -> (u64, u64) {
+fn progress(cfg: &LifecycleConfig, stage: Stage) -> (u64, u64) {
     let port = |a: Option<SocketAddr>| a.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     match stage {
+        // Validate counts a batch once its transaction committed: its outputs
+        // are then visible to read_committed readers.
         Stage::Validate => {
             let a = port(cfg.validate.metrics_addr);
-            let started = scrape(a, "lifecycle_validate_records_in_total", "");
-            let partitions = i32::from(Topic::EventsValid.default_partitions());
-            let valid = high_watermarks(out, &cfg.topics.name(Topic::EventsValid), partitions);
-            (started, valid + scrape(a, "lifecycle_validate_records_out_total", "dlq"))
+            let done = scrape(a, "lifecycle_validate_records_out_total", "");
+            (done, done)
         }
         Stage::Profile => {
             let a = port(cfg.profile.metrics_addr);
-            let done = scrape(a, "lifecycle_profile_events_applied_total", "")
-                + scrape(a, "lifecycle_profile_skipped_total", "");
+            let done = scrape(a, "lifecycle_profile_outcomes_total", "");
             (scrape(a, "lifecycle_profile_records_in_total", ""), done)
         }
         Stage::Analytics => {
             let a = port(cfg.analytics.metrics_addr);
-            let done = scrape(a, "lifecycle_analytics_rows_inserted_total", "table=\"events\"")
-                + scrape(a, "lifecycle_analytics_skipped_total", "");
+            let done = scrape(a, "lifecycle_analytics_outcomes_total", "reason=\"event\"")
+                + scrape(a, "lifecycle_analytics_outcomes_total", "outcome=\"dead_lettered\"");
             (scrape(a, "lifecycle_analytics_records_in_total", ""), done)
         }
     }
@@ -364,12 +347,11 @@ pub fn measure_stages(
     feed: Option<(&AtomicU64, u64)>,
 ) -> Result<Row, String> {
     let mut procs = start_stages(opts, env, run, stages)?;
-    let out: BaseConsumer = env.cfg.kafka.consumer("bench-watermarks").create().map_err(|e| e.to_string())?;
     let (mut first, mut last_change, mut last_done) = (None, Instant::now(), 0);
     let (started, mut stalled) = (Instant::now(), None);
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        let counts: Vec<(u64, u64)> = stages.iter().map(|&s| progress(&env.cfg, s, &out)).collect();
+        let counts: Vec<(u64, u64)> = stages.iter().map(|&s| progress(&env.cfg, s)).collect();
         let done = counts.iter().map(|c| c.1).min().unwrap_or(0);
         if let Some((gate, window)) = feed {
             gate.fetch_max(done + window, Ordering::Relaxed);
@@ -434,14 +416,10 @@ fn measure_reporting(name: &str, cmd: &mut Command, log: &Path, events: usize) -
 
 /// kcat -C over the topic, output discarded; timed as a whole process. Tried
 /// up to three times: kcat gives up at once when its first metadata request fails.
-pub fn measure_kcat(opts: &Options, env: &Env, topic: &str, events: usize) -> Result<Row, String> {
-    let lib = newer_librdkafka(opts, env)?;
+pub fn measure_kcat(env: &Env, topic: &str, events: usize) -> Result<Row, String> {
     let mut last = String::new();
     for attempt in 1..=3 {
         let mut cmd = Command::new("kcat");
-        if let Some(dir) = &lib {
-            cmd.env("LD_LIBRARY_PATH", dir);
-        }
         cmd.args(["-C", "-q", "-e", "-b", &env.cfg.kafka.bootstrap_servers, "-t", topic, "-o", "beginning"])
             .args(["-c", &events.to_string()]);
         let t = Instant::now();
@@ -453,29 +431,6 @@ pub fn measure_kcat(opts: &Options, env: &Env, topic: &str, events: usize) -> Re
         std::thread::sleep(Duration::from_secs(2));
     }
     Err(format!("{last} (see {})", env.dir.display()))
-}
-
-/// A directory holding `librdkafka.so.1` from the confluent-kafka wheel (2.16),
-/// for kcat: Debian bookworm's librdkafka 2.0.2 fails to parse tansu's
-/// ApiVersion v3 response ("Read underflow"); kcat 1.7.1 runs unchanged on the
-/// newer library (same ABI). None when the wheel carries no library.
-fn newer_librdkafka(opts: &Options, env: &Env) -> Result<Option<PathBuf>, String> {
-    let venv = opts.python.parent().and_then(Path::parent).ok_or("python venv")?;
-    let found = std::fs::read_dir(venv.join("lib"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("site-packages/confluent_kafka.libs"))
-        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("librdkafka")));
-    let Some(lib) = found else { return Ok(None) };
-    let dir = env.dir.join("librdkafka");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let link = dir.join("librdkafka.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&lib, &link).map_err(|e| format!("{}: {e}", link.display()))?;
-    Ok(Some(dir))
 }
 
 /// The Python peer on the topic.
@@ -560,7 +515,7 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
         res.rows.push(r);
     };
     // Each measurement also notes the broker's CPU time while it ran.
-    let broker = std::fs::read_to_string(env.cfg.stack.data_dir.join("run/tansu.pid"))
+    let broker = std::fs::read_to_string(env.cfg.stack.data_dir.join("run/kafka.pid"))
         .ok()
         .and_then(|p| p.trim().parse::<u32>().ok());
     let blocking = |f: &dyn Fn() -> Result<Row, String>| {
@@ -572,19 +527,8 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
         Ok::<Row, String>(row)
     };
     let all = [Stage::Validate, Stage::Profile, Stage::Analytics];
-    res.broker_maintenance_minutes = lifecycle_jobs::stack::tansu_maintenance_minutes(&env.cfg.stack);
     if opts.soak {
         // Fed while the stages run, never more than SOAK_LAG events ahead of them.
-        // tansu's maintenance pass (every `stack.tansu_maintenance_minutes`) blocks
-        // the broker for minutes once the store holds millions of records: consumers
-        // that time out of their group then lose partitions to tansu's stale
-        // assignment (README, "The local stack"), so the memory run's clients wait
-        // out such a stall, and the run is meant for a stack whose interval is longer
-        // than the run (benches/README.md).
-        for (k, v) in SOAK_CLIENT_PROPERTIES {
-            let v = env.cfg.kafka.properties.entry(k.to_owned()).or_insert_with(|| v.to_owned());
-            res.soak_client_properties.push((k.to_owned(), v.clone()));
-        }
         env.fresh("pipeline").await?;
         let gate = Arc::new(AtomicU64::new(SOAK_LAG));
         let feed = tokio::spawn({
@@ -606,7 +550,7 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
         push(&mut res, blocking(&|| measure_raw(opts, env, &raw_topic, n))?);
     }
     if opts.wants("kcat") {
-        push(&mut res, blocking(&|| measure_kcat(opts, env, &raw_topic, n))?);
+        push(&mut res, blocking(&|| measure_kcat(env, &raw_topic, n))?);
     }
     if opts.wants("peer") {
         push(&mut res, blocking(&|| measure_peer(opts, env, &raw_topic, n))?);

@@ -67,6 +67,11 @@ impl EventRow {
     pub fn day(&self) -> u16 {
         self.event_date
     }
+
+    /// The event's id.
+    pub fn event_id(&self) -> &str {
+        &self.event_id
+    }
 }
 
 /// The JSON record the profile stage writes to `lifecycle.events`.
@@ -122,7 +127,7 @@ impl LifecycleRow {
 }
 
 /// Inserts `rows` into `table` in one RowBinary insert (nothing for no rows).
-pub async fn insert<R>(ch: &clickhouse::Client, table: &str, rows: &[R]) -> Result<(), clickhouse::error::Error>
+pub async fn insert<R>(ch: &clickhouse::Client, table: &str, rows: &[&R]) -> Result<(), clickhouse::error::Error>
 where
     R: for<'a> Row<Value<'a> = R> + Serialize,
 {
@@ -131,7 +136,7 @@ where
     }
     let mut insert = ch.insert::<R>(table).await?;
     for r in rows {
-        insert.write(r).await?;
+        insert.write(*r).await?;
     }
     insert.end().await
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::error::{ConnectorError, ErrorClass};
 use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
 use crate::postgres::profiles::{resolve_user as resolve, user_uuid};
@@ -24,6 +25,8 @@ pub struct UsersState {
 
 const MAX_BODY: usize = 4 * 1024 * 1024;
 const MAX_BATCH: usize = 1000;
+/// Longest string (value or key) in `attributes`, in bytes.
+const MAX_ATTRIBUTE_LEN: usize = 8192;
 
 /// Routes (without authentication: the caller's router adds it).
 pub fn router(state: UsersState) -> Router {
@@ -35,16 +38,43 @@ pub fn router(state: UsersState) -> Router {
         .with_state(state)
 }
 
+/// What a database error means to the caller, by its class (SQLSTATE): a
+/// conflict or a refused value is the request's (4xx); only an unavailable
+/// database is a 503, and a misconfigured one a 500.
 fn db_error(e: sqlx::Error) -> ApiError {
-    if let sqlx::Error::Database(d) = &e
-        && d.code().as_deref() == Some("23505")
-    {
-        let field = if d.constraint().is_some_and(|c| c.contains("email")) { "email" } else { "user_id" };
-        return ApiError::new(StatusCode::CONFLICT, "conflict", format!("a user with this {field} exists"))
-            .with_details(json!({ "field": field }));
+    if let sqlx::Error::Database(d) = &e {
+        let code = d.code().unwrap_or_default();
+        if code == "23505" {
+            let field = if d.constraint().is_some_and(|c| c.contains("email")) { "email" } else { "user_id" };
+            return ApiError::new(StatusCode::CONFLICT, "conflict", format!("a user with this {field} exists"))
+                .with_details(json!({ "field": field }));
+        }
+        if code.starts_with("23") {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("the change conflicts with stored data: {}", d.message()),
+            )
+            .with_details(json!({ "sqlstate": code, "constraint": d.constraint() }));
+        }
     }
-    tracing::error!(error = %e, "users query failed");
-    ApiError::unavailable("database unavailable; retry later")
+    let e = ConnectorError::from(e);
+    match e.class() {
+        ErrorClass::Data => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            format!("the database cannot store this value: {e}"),
+        )
+        .with_details(json!({ "sqlstate": e.store_code() })),
+        ErrorClass::Transient => {
+            tracing::warn!(error = %e, "users query failed: database unavailable");
+            ApiError::unavailable("database unavailable; retry later")
+        }
+        ErrorClass::Config => {
+            tracing::error!(error = %e, "users query failed: database misconfigured");
+            ApiError::internal("the database is misconfigured; see the service's log")
+        }
+    }
 }
 
 fn mask(s: &str) -> String {
@@ -134,9 +164,14 @@ fn user_input(v: &Value, creating: bool) -> Result<UserInput, ApiError> {
         match obj.get(k) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
-            Some(Value::String(s)) if s.trim().is_empty() || s.len() > max => {
+            Some(Value::String(s)) if s.trim().is_empty() || s.chars().count() > max => {
                 Err(ApiError::bad_field(k, "invalid_value", format!("{k} must be 1-{max} characters")))
             }
+            Some(Value::String(s)) if s.contains('\0') => Err(ApiError::bad_field(
+                k,
+                "unsupported_character",
+                format!("{k} contains U+0000 (NUL), which the database cannot store"),
+            )),
             Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
             Some(_) => Err(ApiError::bad_field(k, "wrong_type", format!("{k} must be a string"))),
         }
@@ -157,7 +192,12 @@ fn user_input(v: &Value, creating: bool) -> Result<UserInput, ApiError> {
     }
     let mut attributes = match obj.get("attributes") {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(o)) => o.clone(),
+        Some(v @ Value::Object(o)) => {
+            if let Some(e) = lifecycle_pipeline::validate::unstorable("attributes", v, MAX_ATTRIBUTE_LEN).first() {
+                return Err(ApiError::bad_field(&e.field, e.code.as_str(), e.message.clone()));
+            }
+            o.clone()
+        }
         Some(_) => return Err(ApiError::bad_field("attributes", "wrong_type", "attributes must be an object")),
     };
     if let Some(name) = string("name", 255)? {
@@ -322,5 +362,14 @@ mod tests {
         assert_eq!(bad(json!({"email": 5}), false), Some(("wrong_type".into(), json!("email"))));
         assert_eq!(bad(json!({"user_id": "x"}), false), Some(("invalid_value".into(), json!("user_id"))));
         assert!(user_input(&json!({"email": "a@b.co", "name": "A", "attributes": {"plan": "pro"}}), true).is_ok());
+        assert_eq!(bad(json!({"email": "a\u{0}@b.co"}), true), Some(("unsupported_character".into(), json!("email"))));
+        assert_eq!(
+            bad(json!({"email": "a@b.co", "attributes": {"tags": ["x", "y\u{0}"]}}), true),
+            Some(("unsupported_character".into(), json!("attributes.tags[1]")))
+        );
+        assert_eq!(
+            bad(json!({"email": "a@b.co", "name": "n".repeat(256)}), true),
+            Some(("invalid_value".into(), json!("name")))
+        );
     }
 }

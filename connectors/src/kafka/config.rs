@@ -5,31 +5,53 @@ use std::collections::BTreeMap;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-/// How to reach the brokers. Works unchanged against Apache Kafka, Redpanda,
-/// MSK or the local tansu broker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How to reach the brokers. Works unchanged against Apache Kafka, Redpanda or MSK.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list.
     pub bootstrap_servers: String,
-    /// Use librdkafka's idempotent producer. Off by default: producers are then
-    /// ordered at-least-once (one request in flight per broker, so a retry never
-    /// overtakes a later request; a retried request may write its records twice).
-    /// Every stage is at-least-once anyway (a crash between produce and commit
-    /// re-sends a batch) and every consumer deduplicates, so idempotence adds
-    /// nothing the pipeline relies on, and on tansu it costs a producing stage
-    /// about 2.7x the CPU: its in-flight cap (5 requests per partition) is checked
-    /// after the broker thread has scheduled an immediate wake-up, so the thread
-    /// spins until the slow acknowledgements return.
+    /// Use the idempotent producer (on by default): a retried request never
+    /// writes its records twice nor reorders them. Turn off only for a broker
+    /// without idempotent producers; producers then keep order with one request
+    /// in flight per connection and a retry may duplicate records.
     pub idempotence: bool,
+    /// Let stages that read and write Kafka commit their outputs and input
+    /// offsets in one Kafka transaction (exactly-once; on by default). Off: the
+    /// at-least-once path for brokers without transactions (outputs acknowledged,
+    /// then offsets committed; a crash in between repeats a batch).
+    pub transactions: bool,
+    /// How long the broker keeps a transaction of a producer that stopped
+    /// answering open before aborting it, in milliseconds. It bounds how long
+    /// `read_committed` readers wait behind a crashed stage's open transaction.
+    pub transaction_timeout_ms: u32,
     /// Extra librdkafka properties applied to every client last (e.g.
-    /// `security.protocol`, `sasl.mechanisms`). Values are never logged.
+    /// `security.protocol`, `sasl.mechanisms`). Values are never printed.
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.properties.keys().map(String::as_str).collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("idempotence", &self.idempotence)
+            .field("transactions", &self.transactions)
+            .field("transaction_timeout_ms", &self.transaction_timeout_ms)
+            .field("properties", &format_args!("{names:?} (values redacted)"))
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        Self { bootstrap_servers: "127.0.0.1:9092".into(), idempotence: false, properties: BTreeMap::new() }
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            idempotence: true,
+            transactions: true,
+            transaction_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
     }
 }
 
@@ -65,18 +87,32 @@ impl KafkaConfig {
         ])
     }
 
+    /// Settings of a transactional producer with `transactional_id` (always
+    /// idempotent: transactions need it).
+    pub fn transactional_producer(&self, transactional_id: &str) -> ClientConfig {
+        let mut c = self.producer();
+        c.set("enable.idempotence", "true");
+        c.set("max.in.flight.requests.per.connection", "5");
+        c.set("transactional.id", transactional_id);
+        c.set("transaction.timeout.ms", self.transaction_timeout_ms.to_string());
+        // Delivery must finish within the transaction's lifetime.
+        c.set("message.timeout.ms", self.transaction_timeout_ms.to_string());
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
     /// Consumer settings for `group`: no auto-commit (stages commit after their
-    /// outputs are durable), start from the earliest offset when none is committed.
-    /// Fetches wait at most 50 ms for data: tansu answers a fetch that finds too
-    /// little only when the wait is over, not when records arrive, so librdkafka's
-    /// 500 ms default added up to half a second per stage to end-to-end latency.
+    /// outputs are durable), start from the earliest offset when none is
+    /// committed, and read only committed transactions.
     pub fn consumer(&self, group: &str) -> ClientConfig {
         self.client(&[
             ("group.id", group),
-            ("fetch.wait.max.ms", "50"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
             ("enable.partition.eof", "false"),
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "1000"),
@@ -95,15 +131,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn producers_keep_partition_order_with_or_without_idempotence_and_user_properties_win() {
+    fn producers_are_idempotent_by_default_keep_order_without_it_and_user_properties_win() {
         let plain = KafkaConfig::default().producer();
-        assert_eq!(plain.get("enable.idempotence"), Some("false"));
-        assert_eq!(plain.get("max.in.flight.requests.per.connection"), Some("1"));
+        assert_eq!(plain.get("enable.idempotence"), Some("true"));
         assert_eq!(plain.get("acks"), Some("all"));
 
-        let idempotent = KafkaConfig { idempotence: true, ..KafkaConfig::default() }.producer();
-        assert_eq!(idempotent.get("enable.idempotence"), Some("true"));
-        assert_eq!(idempotent.get("max.in.flight.requests.per.connection"), Some("5"));
+        let ordered = KafkaConfig { idempotence: false, ..KafkaConfig::default() }.producer();
+        assert_eq!(ordered.get("enable.idempotence"), Some("false"));
+        assert_eq!(ordered.get("max.in.flight.requests.per.connection"), Some("1"));
 
         let mut forced = KafkaConfig::default();
         forced.properties.insert("max.in.flight.requests.per.connection".into(), "3".into());
@@ -111,18 +146,36 @@ mod tests {
     }
 
     #[test]
-    fn consumers_wait_briefly_for_data_unless_told_otherwise() {
-        assert_eq!(KafkaConfig::default().consumer("g").get("fetch.wait.max.ms"), Some("50"));
-        let mut cfg = KafkaConfig::default();
-        cfg.properties.insert("fetch.wait.max.ms".into(), "500".into());
-        assert_eq!(cfg.consumer("g").get("fetch.wait.max.ms"), Some("500"));
+    fn transactional_producers_are_idempotent_and_bounded_by_the_transaction_timeout() {
+        let cfg = KafkaConfig { idempotence: false, ..KafkaConfig::default() };
+        let tx = cfg.transactional_producer("validate-1");
+        assert_eq!(tx.get("transactional.id"), Some("validate-1"));
+        assert_eq!(tx.get("enable.idempotence"), Some("true"));
+        assert_eq!(tx.get("transaction.timeout.ms"), Some("10000"));
+        assert_eq!(tx.get("message.timeout.ms"), Some("10000"));
     }
 
     #[test]
-    fn idempotence_is_off_unless_configured() {
-        let cfg: KafkaConfig = serde_json::from_str(r#"{"idempotence": true}"#).expect("parse");
-        assert!(cfg.idempotence);
+    fn consumers_read_committed_and_commit_explicitly() {
+        let c = KafkaConfig::default().consumer("g");
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn property_values_never_print() {
+        let mut cfg = KafkaConfig::default();
+        cfg.properties.insert("sasl.password".into(), "hunter2-secret".into());
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("sasl.password") && !shown.contains("hunter2-secret"), "{shown}");
+    }
+
+    #[test]
+    fn idempotence_and_transactions_are_on_unless_configured_off() {
+        let cfg: KafkaConfig = serde_json::from_str(r#"{"idempotence": false, "transactions": false}"#).expect("parse");
+        assert!(!cfg.idempotence && !cfg.transactions);
         let cfg: KafkaConfig = serde_json::from_str(r#"{"bootstrap_servers": "k:9092"}"#).expect("parse");
-        assert!(!cfg.idempotence);
+        assert!(cfg.idempotence && cfg.transactions);
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -37,25 +39,116 @@ impl KafkaSink {
     /// failure is returned (records of a failed batch may be partly written:
     /// the caller retries the batch, so delivery is at-least-once).
     pub async fn send_all(&self, records: &[OutRecord]) -> Result<(), KafkaError> {
-        let sends = records.iter().map(|r| {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
-            }
-            let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).payload(&r.payload).headers(headers);
-            if let Some(k) = &r.key {
-                rec = rec.key(k);
-            }
-            self.producer.send(rec, Duration::from_secs(30))
-        });
-        for result in futures::future::join_all(sends).await {
-            result.map_err(|(e, _)| e)?;
-        }
-        Ok(())
+        send_all(&self.producer, records).await
     }
 
     /// Waits until everything queued is delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+}
+
+async fn send_all(producer: &FutureProducer, records: &[OutRecord]) -> Result<(), KafkaError> {
+    let sends = records.iter().map(|r| {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+        }
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).payload(&r.payload).headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        producer.send(rec, Duration::from_secs(30))
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// The transaction was aborted (a produce failed, the group moved on, the
+    /// broker was unavailable): nothing of it is visible to `read_committed`
+    /// readers. Rewind the consumer to its committed offsets and go on.
+    #[error("transaction aborted: {0}")]
+    Aborted(KafkaError),
+    /// The producer can no longer be used (fenced by a newer instance with the
+    /// same transactional id, or a fatal broker error): create a new one.
+    #[error("transactional producer unusable: {0}")]
+    Fatal(KafkaError),
+}
+
+/// A transactional producer: a batch's outputs and its consumed offsets are
+/// committed in one Kafka transaction, so `read_committed` readers see every
+/// input's output exactly once, whatever crashes in between.
+pub struct TxSink {
+    producer: FutureProducer,
+    id: String,
+}
+
+/// How long one transactional call may take before it is treated as failed.
+const TX_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl TxSink {
+    /// Creates the producer and registers `transactional_id` with the broker,
+    /// which aborts any transaction a previous producer with that id left open
+    /// and fences that producer out.
+    pub fn new(cfg: &KafkaConfig, transactional_id: &str) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = cfg.transactional_producer(transactional_id).create()?;
+        tokio::task::block_in_place(|| producer.init_transactions(TX_TIMEOUT))?;
+        Ok(Self { producer, id: transactional_id.to_owned() })
+    }
+
+    /// The transactional id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Produces `records` and commits them together with `offsets` (the next
+    /// offset to read per input partition) for the consumer group `group`.
+    pub async fn commit_batch(
+        &self,
+        records: &[OutRecord],
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), TxError> {
+        let classify = |e: KafkaError| match &e {
+            KafkaError::Transaction(t) if t.is_fatal() => TxError::Fatal(e),
+            _ => TxError::Aborted(e),
+        };
+        tokio::task::block_in_place(|| self.producer.begin_transaction()).map_err(classify)?;
+        let produced = send_all(&self.producer, records).await;
+        let committed = produced.and_then(|()| {
+            tokio::task::block_in_place(|| {
+                self.producer.send_offsets_to_transaction(offsets, group, TX_TIMEOUT)?;
+                self.commit_retrying()
+            })
+        });
+        match committed {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = classify(e);
+                if let TxError::Aborted(_) = e
+                    && let Err(abort) = tokio::task::block_in_place(|| self.producer.abort_transaction(TX_TIMEOUT))
+                {
+                    return Err(TxError::Fatal(abort));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits, retrying a commit librdkafka says may be retried (a timeout
+    /// while the outcome is still pending).
+    fn commit_retrying(&self) -> Result<(), KafkaError> {
+        let mut attempts = 0;
+        loop {
+            match self.producer.commit_transaction(TX_TIMEOUT) {
+                Err(KafkaError::Transaction(t)) if t.is_retriable() && attempts < 3 => attempts += 1,
+                other => return other,
+            }
+        }
     }
 }

@@ -132,22 +132,32 @@ impl BatchSource {
         Ok(batch)
     }
 
-    /// Commits (needs a multi-threaded tokio runtime), synchronously, the offset after the last record of each
-    /// partition in `batch`, skipping partitions no longer assigned (their new
-    /// owner re-reads them: at-least-once).
-    pub fn commit(&self, batch: &[RawRecord]) -> Result<(), KafkaError> {
+    /// The offset after the last record of each partition in `batch` (what to
+    /// commit once the batch's outputs are durable).
+    pub fn next_offsets(batch: &[RawRecord]) -> Result<TopicPartitionList, KafkaError> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
             let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
             *e = (*e).max(r.offset + 1);
         }
+        let mut tpl = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        Ok(tpl)
+    }
+
+    /// Commits (needs a multi-threaded tokio runtime), synchronously, the offset after the last record of each
+    /// partition in `batch`, skipping partitions no longer assigned (their new
+    /// owner re-reads them: at-least-once).
+    pub fn commit(&self, batch: &[RawRecord]) -> Result<(), KafkaError> {
         let assigned = self.consumer.assignment()?;
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            if assigned.find_partition(topic, partition).is_some() {
-                tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        for e in Self::next_offsets(batch)?.elements() {
+            if assigned.find_partition(e.topic(), e.partition()).is_some() {
+                tpl.add_partition_offset(e.topic(), e.partition(), e.offset())?;
             } else {
-                tracing::info!(topic, partition, "skipping commit for a revoked partition");
+                tracing::info!(topic = e.topic(), partition = e.partition(), "skipping commit for a revoked partition");
             }
         }
         if tpl.count() == 0 {
@@ -155,6 +165,30 @@ impl BatchSource {
         }
         // A synchronous commit waits for the broker: keep it off the async workers' backs.
         tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+    }
+
+    /// The group's generation and member id, which a transaction's offsets are
+    /// sent with (so a member that lost its partitions cannot commit for them).
+    pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
+    }
+
+    /// Moves every assigned partition back to the group's committed offset (the
+    /// start when none is), so records whose outputs were aborted are read again.
+    pub fn rewind(&self) -> Result<(), KafkaError> {
+        tokio::task::block_in_place(|| {
+            let timeout = Duration::from_secs(10);
+            let assigned = self.consumer.assignment()?;
+            let committed = self.consumer.committed_offsets(assigned, timeout)?;
+            for e in committed.elements() {
+                let to = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::Beginning,
+                };
+                self.consumer.seek(e.topic(), e.partition(), to, timeout)?;
+            }
+            Ok(())
+        })
     }
 
     /// Rebalances seen so far (a change means partitions may have moved).
@@ -170,26 +204,6 @@ impl BatchSource {
     /// Lag per assigned partition: high watermark minus committed offset.
     pub fn lag(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
         tokio::task::block_in_place(|| self.lag_blocking())
-    }
-
-    /// Where the group stands on every partition of `topics`: committed offset,
-    /// watermarks, and whether this member holds it. Blocking (metadata, offset
-    /// and watermark requests), off the async workers' backs.
-    pub fn group_progress(&self, topics: &[String]) -> Result<Vec<PartitionProgress>, KafkaError> {
-        tokio::task::block_in_place(|| {
-            let timeout = Duration::from_secs(5);
-            let assigned = self.consumer.assignment()?;
-            let mut all = TopicPartitionList::new();
-            for t in topics {
-                let md = self.consumer.fetch_metadata(Some(t), timeout)?;
-                for mt in md.topics() {
-                    for p in mt.partitions() {
-                        all.add_partition(mt.name(), p.id());
-                    }
-                }
-            }
-            self.progress_of(all, &assigned)
-        })
     }
 
     /// The group's committed offset and the watermarks of each partition of `tpl`.

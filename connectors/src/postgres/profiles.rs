@@ -162,13 +162,14 @@ impl ProfileTx {
         Ok(out)
     }
 
-    /// Writes the batch: upserted profiles, each with its JSON document (the
-    /// caller serialises it once, for the changelog too), history rows, what
-    /// segments and triggers evaluated, applied event ids and the next offsets,
-    /// then commits.
+    /// Writes the batch without committing: upserted profiles, each with its
+    /// JSON document (the caller serialises it once, for the changelog too),
+    /// history rows, what segments and triggers evaluated, applied event ids
+    /// and the next offsets. A value PostgreSQL refuses fails here, before the
+    /// caller produces anything for the batch.
     #[allow(clippy::too_many_arguments)]
-    pub async fn write_and_commit(
-        mut self,
+    pub async fn write(
+        &mut self,
         profiles: &[(&Profile, &str)],
         transitions: &[Transition],
         rules: &RuleWrites,
@@ -265,8 +266,44 @@ impl ProfileTx {
         .bind(&offs)
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    /// Commits the batch.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
+}
+
+/// Marks one record as done without applying it (it was dead-lettered): the
+/// partition's next offset moves past it and its event id counts as seen, so
+/// neither a restart nor a redelivery applies it later.
+pub async fn skip_record(
+    pool: &PgPool,
+    (group, topic): (&str, &str),
+    (partition, offset): (i32, i64),
+    event: Option<(&str, &str)>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO stage_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (consumer_group, topic, partition) DO UPDATE \
+           SET next_offset = GREATEST(stage_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .bind(offset + 1)
+    .execute(&mut *tx)
+    .await?;
+    if let Some((event_id, user_id)) = event {
+        sqlx::query("INSERT INTO processed_events (event_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(event_id)
+            .bind(user_uuid(user_id))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
 }
 
 /// Deletes applied-event ids older than `hours` (the deduplication window).

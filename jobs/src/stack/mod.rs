@@ -1,13 +1,13 @@
-//! The local stack: tansu (Kafka protocol), PostgreSQL and the schema registry,
+//! The local stack: Apache Kafka, PostgreSQL, ClickHouse and the schema registry,
 //! installed and started by the project, with data under one project-local
 //! directory. `up` is idempotent: a service that already answers is left alone.
 
 pub mod clickhouse;
+mod kafka;
 mod postgres;
 mod proc;
 pub mod python;
 mod registry;
-mod tansu;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,23 +20,24 @@ use crate::config::LifecycleConfig;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StackConfig {
-    /// Project-local data directory (PostgreSQL cluster, tansu database, logs, pids).
+    /// Project-local data directory (PostgreSQL cluster, Kafka log segments, logs, pids).
     pub data_dir: PathBuf,
-    /// Cache of built binaries, shared by every checkout (tansu takes ~11 min to build).
+    /// Cache of downloads shared by every checkout (Kafka's jars, the Python venv).
     pub cache_dir: PathBuf,
-    /// tansu version to install.
-    pub tansu_version: String,
-    /// Kafka listener port.
+    /// Apache Kafka version, fetched from Maven Central (`org.apache.kafka:kafka_2.13`).
+    pub kafka_version: String,
+    /// Kafka client listener port.
     pub kafka_port: u16,
+    /// Kafka's KRaft controller listener port.
+    pub kafka_controller_port: u16,
+    /// The broker's JVM heap, in MiB.
+    pub kafka_heap_mib: u32,
     /// PostgreSQL port.
     pub postgres_port: u16,
     /// ClickHouse HTTP port.
     pub clickhouse_http_port: u16,
     /// ClickHouse native-protocol port (clickhouse-client).
     pub clickhouse_tcp_port: u16,
-    /// Minutes between tansu's maintenance passes (retention and compaction; tansu's own
-    /// default is 10). Each pass blocks the broker for a time that grows with the store.
-    pub tansu_maintenance_minutes: u64,
 }
 
 impl Default for StackConfig {
@@ -45,20 +46,15 @@ impl Default for StackConfig {
         Self {
             data_dir: lifecycle_schemas::files::checkout_root().join(".lifecycle"),
             cache_dir: home.join(".cache/lifecycle"),
-            tansu_version: "0.6.0".into(),
+            kafka_version: "4.4.0".into(),
             kafka_port: 9092,
+            kafka_controller_port: 9093,
+            kafka_heap_mib: 1024,
             postgres_port: 5432,
             clickhouse_http_port: 8123,
             clickhouse_tcp_port: 9000,
-            tansu_maintenance_minutes: 10,
         }
     }
-}
-
-/// The maintenance interval, in minutes, of the running tansu broker started by
-/// this project (`None` when there is none, or it predates the setting).
-pub fn tansu_maintenance_minutes(s: &StackConfig) -> Option<u64> {
-    tansu::running_maintenance_minutes(s)
 }
 
 /// A stack operation failed.
@@ -95,7 +91,7 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
     std::fs::create_dir_all(s.data_dir.join("logs")).map_err(|e| err("stack", e.to_string()))?;
     std::fs::create_dir_all(s.data_dir.join("run")).map_err(|e| err("stack", e.to_string()))?;
     postgres::up(cfg).await?;
-    tansu::up(s).await?;
+    kafka::up(s).await?;
     clickhouse::up(s).await?;
     registry::up(cfg).await?;
     crate::setup::topics_and_schemas(cfg).await.map_err(|e| err("setup", e))?;
@@ -107,7 +103,7 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
 pub async fn down(cfg: &LifecycleConfig) -> Result<(), StackError> {
     registry::down(&cfg.stack)?;
     clickhouse::down(&cfg.stack)?;
-    tansu::down(&cfg.stack)?;
+    kafka::down(&cfg.stack)?;
     postgres::down(&cfg.stack)?;
     Ok(())
 }
@@ -116,7 +112,7 @@ pub async fn down(cfg: &LifecycleConfig) -> Result<(), StackError> {
 pub async fn status(cfg: &LifecycleConfig) -> Vec<ServiceStatus> {
     vec![
         postgres::status(cfg).await,
-        tansu::status(&cfg.stack).await,
+        kafka::status(&cfg.stack).await,
         clickhouse::status(&cfg.stack).await,
         registry::status(cfg).await,
     ]

@@ -45,12 +45,23 @@ pub(crate) fn spawn_detached(
 
 /// Sends SIGTERM to the pid in `pid_path` and waits up to 10 s for it to exit.
 pub(crate) fn stop(service: &'static str, pid_path: &Path) -> Result<bool, StackError> {
+    stop_within(service, pid_path, std::time::Duration::from_secs(10))
+}
+
+/// Sends SIGTERM to the pid in `pid_path` and waits up to `grace` for it to
+/// exit; kills it (SIGKILL) after that. `false` when it was not running.
+pub(crate) fn stop_within(
+    service: &'static str,
+    pid_path: &Path,
+    grace: std::time::Duration,
+) -> Result<bool, StackError> {
     let Some(pid) = running_pid(pid_path) else {
         let _ = std::fs::remove_file(pid_path);
         return Ok(false);
     };
     Command::new("kill").arg(pid.to_string()).status().map_err(|e| err(service, e.to_string()))?;
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
         if running_pid(pid_path).is_none() {
             break;
         }

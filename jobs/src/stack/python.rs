@@ -1,6 +1,6 @@
 //! A Python environment with Confluent's client and chdb-core (ClickHouse 26.9
 //! in-process), for compatibility tests (and the Python peer in benchmarks),
-//! cached beside the tansu build.
+//! cached under the stack's cache directory.
 
 use std::path::PathBuf;
 use std::process::Command;

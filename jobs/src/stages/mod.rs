@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub(crate) mod common;
+pub(crate) mod isolate;
 pub mod profile;
 pub mod validate;
 pub mod workflows;
@@ -39,6 +40,38 @@ impl StageMetrics for AnalyticsMetrics {
     }
 }
 
+/// Whether a stage is making progress: it turns unhealthy while a store it
+/// writes keeps failing (its `/healthz` then answers 503 with the reason), and
+/// healthy again at the next success.
+#[derive(Clone, Default)]
+pub struct Health {
+    stalled: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Health {
+    /// The stage cannot make progress, because of `reason`.
+    pub fn stalled(&self, reason: String) {
+        if let Ok(mut s) = self.stalled.lock() {
+            *s = Some(reason);
+        }
+    }
+
+    /// The stage made progress.
+    pub fn progressing(&self) {
+        if let Ok(mut s) = self.stalled.lock() {
+            *s = None;
+        }
+    }
+
+    /// `Ok` while healthy, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        match self.stalled.lock() {
+            Ok(s) => s.clone().map_or(Ok(()), Err),
+            Err(_) => Err("health state poisoned".into()),
+        }
+    }
+}
+
 /// Counters a caller (tests, the demo, the CLI) can read while a stage runs,
 /// and the registry its `/metrics` endpoint serves.
 #[derive(Clone)]
@@ -47,6 +80,8 @@ pub struct Handle<M> {
     pub metrics: M,
     /// The registry they live in.
     pub registry: prometheus::Registry,
+    /// Whether the stage makes progress (served on `/healthz`).
+    pub health: Health,
 }
 
 impl<M: StageMetrics> Handle<M> {
@@ -55,6 +90,6 @@ impl<M: StageMetrics> Handle<M> {
         let registry = prometheus::Registry::new();
         let metrics = M::register_in(&registry).map_err(|e| e.to_string())?;
         crate::heap::HeapCollector::register(&registry).map_err(|e| e.to_string())?;
-        Ok(Self { metrics, registry })
+        Ok(Self { metrics, registry, health: Health::default() })
     }
 }

@@ -47,7 +47,7 @@ async fn clickhouse_down_for_30_seconds_loses_nothing() {
 
     let sink = Sink::start(&cfg);
     let inserted = || sink.inserted("events");
-    let retries = || sink.handle.metrics.retries.with_label_values(&["insert"]).get();
+    let retries = || sink.handle.metrics.retries.with_label_values(&["clickhouse_unavailable"]).get();
     let mut events = produce_valid(&cfg, reg.valid_envelope_id, 30_000, 1_000, 1).await;
     assert!(eventually(120, || inserted() >= 5_000).await, "the sink got going ({} rows)", inserted());
 

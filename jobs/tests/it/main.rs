@@ -1,5 +1,5 @@
-//! Integration tests against the real local stack (tansu, PostgreSQL, the schema
-//! registry), started by `lifecycle stack up`. Each test uses its own topics,
+//! Integration tests against the real local stack (Apache Kafka, PostgreSQL,
+//! ClickHouse, the schema registry), started by `lifecycle stack up`. Each test uses its own topics,
 //! subjects and consumer groups, so tests run in parallel.
 
 mod analytics_api;
@@ -9,6 +9,7 @@ mod clickhouse_compat;
 mod clickhouse_outage;
 mod common;
 mod ingest_api;
+mod poison;
 mod profile_stage;
 mod python_client;
 mod registry;

@@ -17,7 +17,7 @@ use crate::common::{eventually, schemas, test_config};
 
 /// Expected per-user counters, recounted from the generated events.
 #[derive(Debug, Default, PartialEq)]
-struct Recount {
+pub(crate) struct Recount {
     events: u64,
     sessions: u64,
     session_ms: u64,
@@ -28,7 +28,7 @@ struct Recount {
     features: BTreeMap<String, u64>,
 }
 
-fn recount(events: &[Value]) -> HashMap<String, Recount> {
+pub(crate) fn recount(events: &[Value]) -> HashMap<String, Recount> {
     let mut out: HashMap<String, Recount> = HashMap::new();
     for e in events {
         let r = out.entry(e["user_id"].as_str().expect("user").to_owned()).or_default();
@@ -57,7 +57,7 @@ fn recount(events: &[Value]) -> HashMap<String, Recount> {
     out
 }
 
-fn as_recount(p: &Profile) -> Recount {
+pub(crate) fn as_recount(p: &Profile) -> Recount {
     Recount {
         events: p.events_applied,
         sessions: p.behavioral.session_count,
@@ -187,8 +187,14 @@ async fn fifty_thousand_events_twice_recount_exactly() {
     assert!(done, "consumed {}", handle.consumed());
     assert_eq!(applied_offsets(&pool, &cfg.profile.group_id).await, 100_000);
     let m = &handle.metrics;
-    assert_eq!(m.events_applied.get(), 50_000, "each event applied once");
-    assert_eq!(m.skipped.with_label_values(&["event_id"]).get(), 50_000, "each second copy skipped");
+    assert_eq!(m.outcomes.total("applied"), 50_000, "each event applied once");
+    assert_eq!(
+        m.outcomes.by_reason("skipped"),
+        vec![("event_id".to_owned(), 50_000), ("offset".to_owned(), 0)],
+        "each second copy skipped"
+    );
+    assert_eq!(m.outcomes.total("dead_lettered"), 0);
+    assert_eq!(m.records_in.get(), m.outcomes.all(), "in == applied + skipped + dead-lettered");
     check_profiles(&cfg, &pool, &events).await;
     // The compacted changelog carries every user's latest profile.
     let mut latest: HashMap<String, u64> = HashMap::new();
@@ -290,7 +296,7 @@ async fn two_instances_split_partitions_and_agree_with_the_recount() {
     assert!(done, "all applied: a {} b {}", a.consumed(), b.consumed());
     assert!(b.consumed() > 0, "the second instance took over partitions (a {}, b {})", a.consumed(), b.consumed());
     assert_eq!(
-        a.metrics.events_applied.get() + b.metrics.events_applied.get(),
+        a.metrics.outcomes.total("applied") + b.metrics.outcomes.total("applied"),
         20_000,
         "each event applied once in total"
     );

@@ -61,10 +61,11 @@ async fn users_crud_with_roles_masking_and_errors() {
     profile.behavioral.feature_usage_map = BTreeMap::from([("export".to_string(), 2)]);
     let pool = lifecycle_connectors::postgres::connect(&api.cfg.postgres).await.expect("db");
     let doc = serde_json::to_string(&profile).expect("profile document");
-    let tx = profiles::begin(&pool).await.expect("tx");
-    tx.write_and_commit(&[(&profile, &doc)], &[], &Default::default(), &[], "users-test", "none", &BTreeMap::new())
+    let mut tx = profiles::begin(&pool).await.expect("tx");
+    tx.write(&[(&profile, &doc)], &[], &Default::default(), &[], "users-test", "none", &BTreeMap::new())
         .await
         .expect("stage write");
+    tx.commit().await.expect("stage commit");
     let (s, u, _) = api
         .send(
             M::PATCH,

@@ -344,7 +344,7 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
     // Give the stage time to load the rules before the events arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     produce(&cfg, valid_id, &events).await;
-    assert!(eventually(60, || prof.metrics.events_applied.get() >= 5).await, "profile stage applied the events");
+    assert!(eventually(60, || prof.metrics.outcomes.total("applied") >= 5).await, "profile stage applied the events");
 
     // One instance, started by the trigger for e4.
     let instance: String = {
@@ -483,7 +483,7 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
     assert_eq!(kinds, vec!["workflow.started", "workflow.completed"]);
     assert_eq!(crate::common::count(&cfg, Topic::WorkflowDlq), 0);
     assert_eq!(
-        engine.metrics.commands.with_label_values(&["duplicate"]).get(),
+        engine.metrics.commands.by_reason("skipped").iter().map(|(_, n)| n).sum::<u64>(),
         1,
         "the command found the row the stage wrote"
     );
@@ -520,7 +520,7 @@ async fn a_purchase_by_a_segment_member_fires_a_trigger_whose_workflow_runs_to_c
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = event(&format!("{p}e6"), &ada, "engagement.page_view", chrono::Utc::now(), json!({"page": "/"}));
     produce(&cfg, valid_id, &[later]).await;
-    assert!(eventually(30, || prof.metrics.events_applied.get() >= 6).await);
+    assert!(eventually(30, || prof.metrics.outcomes.total("applied") >= 6).await);
     let (_, m, _) = api.send(M::GET, &format!("/segments/{seg_id}/members"), Some(&operator), vec![]).await;
     assert_eq!(m["data"].as_array().map(Vec::len), Some(1), "membership kept: {m}");
 

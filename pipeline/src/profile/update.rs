@@ -88,7 +88,8 @@ impl Profile {
             }
             "user.logout" => {
                 let ms = prop(props, "session_duration_ms").and_then(Value::as_u64).unwrap_or(0);
-                self.behavioral.total_session_duration_ms += ms;
+                self.behavioral.total_session_duration_ms =
+                    self.behavioral.total_session_duration_ms.saturating_add(ms);
             }
             "user.profile_update" => {
                 set_if(&mut self.email, prop_str(props, "email"), newest);
@@ -120,8 +121,10 @@ impl Profile {
                 let c = cents(props);
                 let tr = &mut self.transaction;
                 tr.total_purchases += 1;
-                tr.gross_revenue_cents += c;
-                tr.total_revenue_cents += c;
+                // Saturating: validation bounds each amount, so only an absurd
+                // history could reach the ends of i64; it must not wrap or panic.
+                tr.gross_revenue_cents = tr.gross_revenue_cents.saturating_add(c);
+                tr.total_revenue_cents = tr.total_revenue_cents.saturating_add(c);
                 tr.first_purchase_date = Some(tr.first_purchase_date.map_or(ts, |f| f.min(ts)));
                 tr.last_purchase_date = Some(tr.last_purchase_date.map_or(ts, |l| l.max(ts)));
                 self.set_tier(prop_str(props, "subscription_tier"), ts);
@@ -130,8 +133,8 @@ impl Profile {
                 let c = cents(props);
                 let tr = &mut self.transaction;
                 tr.total_refunds += 1;
-                tr.refunded_cents += c;
-                tr.total_revenue_cents -= c;
+                tr.refunded_cents = tr.refunded_cents.saturating_add(c);
+                tr.total_revenue_cents = tr.total_revenue_cents.saturating_sub(c);
             }
             _ => {}
         }

@@ -174,3 +174,42 @@ fn error_details_match_golden_file() {
     let want = std::fs::read_to_string(path).expect("golden file (run with UPDATE_GOLDEN=1 to create)");
     assert_eq!(got, want);
 }
+
+#[test]
+fn text_and_numbers_the_stores_cannot_hold_are_refused_naming_the_field() {
+    let fields =
+        |v: Value| -> Vec<(String, ReasonCode)> { reject(v).errors.into_iter().map(|e| (e.field, e.code)).collect() };
+    let mut v = good();
+    v["location"] = json!({"city": "a\u{0}b"});
+    v["event_properties"]["note"] = json!({"deep": ["ok", "x\u{0}"]});
+    v["event_properties"]["k\u{0}"] = json!(1);
+    v["session_id"] = json!("s\u{0}");
+    assert_eq!(
+        fields(v),
+        vec![
+            ("session_id".to_owned(), ReasonCode::UnsupportedCharacter),
+            ("location.city".to_owned(), ReasonCode::UnsupportedCharacter),
+            ("event_properties.k\\u0000".to_owned(), ReasonCode::UnsupportedCharacter),
+            ("event_properties.note.deep[1]".to_owned(), ReasonCode::UnsupportedCharacter),
+        ]
+    );
+    let mut v = good();
+    v["event_properties"]["amount"] = json!(5e15);
+    v["event_properties"]["comment"] = json!("x".repeat(8193));
+    v["device_info"]["os"] = json!("y".repeat(257));
+    let r = reject(v);
+    assert_eq!(r.reason, ReasonCode::InvalidProperties);
+    let got: Vec<(&str, ReasonCode)> = r.errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("event_properties.amount", ReasonCode::ValueOutOfRange),
+            ("device_info.os", ReasonCode::ValueTooLong),
+            ("event_properties.comment", ReasonCode::ValueTooLong),
+        ]
+    );
+    // A lone surrogate cannot reach the validator: JSON parsing refuses it.
+    let lone =
+        br#"{"event_id":"e","user_id":"\ud800","event_type":"engagement.page_view","timestamp":1,"session_id":"s"}"#;
+    assert_eq!(validator().validate_json(lone, now()).expect_err("refused").reason, ReasonCode::InvalidJson);
+}

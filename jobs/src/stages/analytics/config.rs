@@ -16,8 +16,6 @@ pub struct AnalyticsConfig {
     pub batch_linger_ms: u64,
     /// Where `/metrics` and `/healthz` are served; none when absent.
     pub metrics_addr: Option<SocketAddr>,
-    /// Rejoin the group after holding no partition this long, in seconds (0: never).
-    pub rejoin_when_unassigned_secs: u64,
     /// How often days marked dirty are rolled up into metrics_daily, in milliseconds.
     pub rollup_interval_ms: u64,
     /// How often superseded rollups are purged, in seconds.
@@ -31,7 +29,6 @@ impl Default for AnalyticsConfig {
             max_batch_records: 50_000,
             batch_linger_ms: 1000,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9103))),
-            rejoin_when_unassigned_secs: 20,
             rollup_interval_ms: 5000,
             purge_interval_secs: 600,
         }

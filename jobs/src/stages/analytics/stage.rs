@@ -4,21 +4,83 @@
 //! table), mark the days they touch as dirty, and commit the offsets only after
 //! all of that succeeded; while ClickHouse is down it retries with backoff. A
 //! replay re-inserts rows with the same keys, which ReplacingMergeTree
-//! collapses. Beside it, a rollup task recomputes `metrics_daily` for dirty
+//! collapses. Records that cannot be read, and rows ClickHouse refuses (found
+//! by splitting the batch, `stages::isolate`), go to `events.dlq`. Beside it, a rollup task recomputes `metrics_daily` for dirty
 //! days every `rollup_interval_ms`, and once more when the sink stops.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use lifecycle_connectors::clickhouse::sink::{EventRow, LifecycleRow, insert, mark_dirty};
 use lifecycle_connectors::clickhouse::{Client, client, migrate, rollup};
+use lifecycle_connectors::error::ConnectorError;
+use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_connectors::kafka::source::RawRecord;
-use lifecycle_pipeline::Topic;
 use lifecycle_pipeline::metrics::AnalyticsMetrics;
+use lifecycle_pipeline::{ReasonCode, Rejection, Topic};
 use lifecycle_schemas::RegistryClient;
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff};
+use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff, dead_letter_record};
+use crate::stages::isolate::{Isolated, apply_isolating};
+
+/// One batch's rows under poison-record isolation: indices `0..events.len()`
+/// are event rows, the rest transition rows.
+struct SinkBatch<'a> {
+    ch: &'a Client,
+    sink: &'a KafkaSink,
+    dlq_topic: &'a str,
+    m: &'a AnalyticsMetrics,
+    events: Vec<(EventRow, &'a RawRecord)>,
+    moves: Vec<(LifecycleRow, &'a RawRecord)>,
+}
+
+impl SinkBatch<'_> {
+    /// The slices of `range` that are event rows and transition rows.
+    fn split(&self, range: Range<usize>) -> (Range<usize>, Range<usize>) {
+        let n = self.events.len();
+        (range.start.min(n)..range.end.min(n), range.start.max(n) - n..range.end.max(n) - n)
+    }
+}
+
+impl Isolated for SinkBatch<'_> {
+    async fn apply(&mut self, range: Range<usize>) -> Result<(), ConnectorError> {
+        let (ev, mv) = self.split(range);
+        let rows: Vec<&EventRow> = self.events[ev].iter().map(|(r, _)| r).collect();
+        let moves: Vec<&LifecycleRow> = self.moves[mv].iter().map(|(r, _)| r).collect();
+        insert(self.ch, "events", &rows).await?;
+        insert(self.ch, "lifecycle_events", &moves).await?;
+        let event_days: Vec<u16> = rows.iter().map(|r| r.day()).collect();
+        let move_days: Vec<u16> = moves.iter().map(|r| r.day()).collect();
+        mark_dirty(self.ch, &event_days, &move_days).await?;
+        let m = self.m;
+        m.rows_inserted.with_label_values(&["events"]).inc_by(rows.len() as u64);
+        m.rows_inserted.with_label_values(&["lifecycle_events"]).inc_by(moves.len() as u64);
+        m.outcomes.applied("event", rows.len() as u64);
+        m.outcomes.applied("transition", moves.len() as u64);
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, index: usize, error: &ConnectorError) -> Result<(), ConnectorError> {
+        let (record, event_id) = match index.checked_sub(self.events.len()) {
+            None => (self.events[index].1, Some(self.events[index].0.event_id().to_owned())),
+            Some(i) => (self.moves[i].1, None),
+        };
+        let rejection = Rejection::record(
+            ReasonCode::StoreRejected,
+            format!("ClickHouse refused the row (code {}): {error}", error.store_code().unwrap_or_default()),
+        );
+        let dlq = dead_letter_record(self.dlq_topic, "analytics", record, rejection, event_id, chrono::Utc::now());
+        self.sink.send_all(std::slice::from_ref(&dlq)).await?;
+        self.m.outcomes.dead_lettered(ReasonCode::StoreRejected.as_str(), 1);
+        Ok(())
+    }
+
+    fn retried(&self, error: &ConnectorError) {
+        self.m.retries.with_label_values(&[error.code()]).inc();
+    }
+}
 
 /// The analytics sink's handle.
 pub type SinkHandle = crate::stages::Handle<AnalyticsMetrics>;
@@ -40,16 +102,16 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
         WriterSchemas::new(RegistryClient::new(&cfg.registry_url).map_err(|e| e.to_string())?, Duration::from_secs(60));
     let events_topic = cfg.topics.name(Topic::EventsValid);
     let lifecycle_topic = cfg.topics.name(Topic::LifecycleEvents);
+    let dlq_topic = cfg.topics.name(Topic::EventsDlq);
+    let dlq_sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
     let mut poller = Poller::new(
         &cfg.kafka,
         &ac.group_id,
         &[&events_topic, &lifecycle_topic],
         (ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms)),
-        ac.rejoin_when_unassigned_secs,
-        handle.metrics.retries.clone(),
     )?;
     if let Some(addr) = ac.metrics_addr {
-        crate::stages::common::serve_metrics(addr, handle.registry.clone(), shutdown.clone());
+        crate::stages::common::serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }
     let every = (Duration::from_millis(ac.rollup_interval_ms), Duration::from_secs(ac.purge_interval_secs));
     let rollups = tokio::spawn(rollup_loop(ch.clone(), every, handle.metrics.clone(), shutdown.clone()));
@@ -57,7 +119,6 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
     loop {
         let batch: Vec<RawRecord> = match poller.next(&mut shutdown).await? {
             Polled::Batch(b) => b,
-            Polled::Rejoined => continue,
             Polled::Shutdown => break,
         };
         let m = &handle.metrics;
@@ -65,58 +126,47 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
         let (transitions, events): (Vec<&RawRecord>, Vec<&RawRecord>) =
             batch.iter().partition(|r| r.topic == lifecycle_topic);
         writers.fill(&decoder.envelope, events.iter().copied(), &m.retries).await;
-        let rows: Vec<EventRow> = events
-            .iter()
-            .filter_map(|r| match decoder.decode(writers.cache(), r) {
-                Some(e) => Some(EventRow::new(&e, r.partition, r.offset)),
-                None => {
-                    m.skipped.with_label_values(&["undecodable"]).inc();
-                    None
-                }
-            })
-            .collect();
-        let moves: Vec<LifecycleRow> = transitions
-            .iter()
-            .filter_map(|r| match LifecycleRow::parse(&r.payload, r.partition, r.offset) {
-                Ok(row) => Some(row),
-                Err(e) => {
-                    tracing::warn!(error = %e, partition = r.partition, offset = r.offset, "unreadable lifecycle event");
-                    m.skipped.with_label_values(&["bad_transition"]).inc();
-                    None
-                }
-            })
-            .collect();
-        let event_days: Vec<u16> = rows.iter().map(EventRow::day).collect();
-        let move_days: Vec<u16> = moves.iter().map(LifecycleRow::day).collect();
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            let written = async {
-                insert(&ch, "events", &rows).await?;
-                insert(&ch, "lifecycle_events", &moves).await?;
-                mark_dirty(&ch, &event_days, &move_days).await
-            };
-            match written.await {
-                Ok(()) => break,
-                Err(e) => {
-                    m.retries.with_label_values(&["insert"]).inc();
-                    tracing::warn!(error = %e, rows = rows.len() + moves.len(), attempt, "ClickHouse insert failed; backing off");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
+        let mut unreadable: Vec<(&RawRecord, Rejection, Option<String>)> = Vec::new();
+        let mut rows = Vec::with_capacity(events.len());
+        for r in events {
+            match decoder.decode(writers.cache(), r) {
+                Ok(e) => rows.push((EventRow::new(&e, r.partition, r.offset), r)),
+                Err((rejection, id)) => unreadable.push((r, rejection, id)),
             }
         }
-        m.rows_inserted.with_label_values(&["events"]).inc_by(rows.len() as u64);
-        m.rows_inserted.with_label_values(&["lifecycle_events"]).inc_by(moves.len() as u64);
+        let mut moves = Vec::with_capacity(transitions.len());
+        for r in transitions {
+            match LifecycleRow::parse(&r.payload, r.partition, r.offset) {
+                Ok(row) => moves.push((row, r)),
+                Err(e) => unreadable.push((r, Rejection::record(ReasonCode::InvalidJson, e), None)),
+            }
+        }
+        let started = Instant::now();
+        if !unreadable.is_empty() {
+            let reasons: Vec<ReasonCode> = unreadable.iter().map(|(_, r, _)| r.reason).collect();
+            let now = chrono::Utc::now();
+            let dead: Vec<OutRecord> = unreadable
+                .into_iter()
+                .map(|(r, rejection, id)| dead_letter_record(&dlq_topic, "analytics", r, rejection, id, now))
+                .collect();
+            let mut attempt = 0;
+            while let Err(e) = dlq_sink.send_all(&dead).await {
+                m.retries.with_label_values(&["dlq"]).inc();
+                tracing::warn!(error = %e, attempt, "dead-lettering failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            for reason in reasons {
+                m.outcomes.dead_lettered(reason.as_str(), 1);
+            }
+        }
+        let mut slices = SinkBatch { ch: &ch, sink: &dlq_sink, dlq_topic: &dlq_topic, m, events: rows, moves };
+        let n = slices.events.len() + slices.moves.len();
+        apply_isolating(n, &mut slices, &handle.health).await;
         if let Err(e) = poller.source().commit(&batch) {
             tracing::warn!(error = %e, "commit failed; the batch will be inserted again after a restart (deduplicated)");
         }
-        tracing::debug!(
-            rows = rows.len(),
-            transitions = moves.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "batch inserted"
-        );
+        tracing::debug!(records = batch.len(), ms = started.elapsed().as_millis() as u64, "batch inserted");
     }
     let last = rollups.await.unwrap_or(0);
     if let Err(e) = roll_dirty(&ch, last, &handle.metrics).await {

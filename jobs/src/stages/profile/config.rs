@@ -17,8 +17,6 @@ pub struct ProfileConfig {
     pub batch_linger_ms: u64,
     /// Where `/metrics` and `/healthz` are served; none when absent.
     pub metrics_addr: Option<SocketAddr>,
-    /// Rejoin the group after holding no partition this long, in seconds (0: never).
-    pub rejoin_when_unassigned_secs: u64,
     /// How long applied event ids are remembered for deduplication, in hours.
     pub dedup_window_hours: u64,
     /// Memory for cached profiles and the cache's own tables, in MiB
@@ -39,7 +37,6 @@ impl Default for ProfileConfig {
             max_batch_records: 5000,
             batch_linger_ms: 100,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
-            rejoin_when_unassigned_secs: 20,
             dedup_window_hours: 7 * 24,
             cache_mib: 128,
             rules_reload_ms: 5000,

@@ -1,30 +1,40 @@
-//! The stage loop. Per batch, in one PostgreSQL transaction: lock the batch's
-//! partition offsets, drop records below them (applied before a restart) and
-//! repeated event ids (duplicate deliveries), apply the rest to the profiles,
-//! evaluate triggers (per event) and segments (per user), produce the
-//! changelog, lifecycle events and membership changes, then write profiles,
-//! history, memberships, trigger executions and the workflow instances they
-//! start, applied ids and offsets, and commit. Workflow commands go out after
-//! the commit (the instance rows are the truth; a command only wakes the
-//! engine). Kafka offsets are committed afterwards, best effort: PostgreSQL's
-//! offsets are the ones that count.
+//! The stage loop. Records that cannot be read go to `events.dlq` first. Then
+//! per batch, in one PostgreSQL transaction: lock the batch's partition
+//! offsets, drop records below them (applied before a restart) and repeated
+//! event ids (duplicate deliveries), apply the rest to the profiles, evaluate
+//! triggers (per event) and segments (per user), write profiles, history,
+//! memberships, trigger executions and the workflow instances they start,
+//! applied ids and offsets; only when PostgreSQL has accepted every statement,
+//! produce the changelog, lifecycle events and membership changes, then
+//! commit. Workflow commands go out after the commit (the instance rows are the
+//! truth; a command only wakes the engine). Kafka offsets are committed
+//! afterwards, best effort: PostgreSQL's offsets are the ones that count.
+//!
+//! A batch PostgreSQL refuses (a value it cannot hold) is split until the
+//! records responsible are found (`stages::isolate`); those are dead-lettered
+//! with reason `store_rejected` and the rest is applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use lifecycle_connectors::error::ConnectorError;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
+use lifecycle_connectors::kafka::source::RawRecord;
 use lifecycle_connectors::postgres::rules::{self, MembershipChange, RuleWrites};
 use lifecycle_connectors::postgres::{self, profiles};
 use lifecycle_pipeline::metrics::ProfileMetrics;
 use lifecycle_pipeline::profile::{LifecycleRules, Profile, ProfileCache, ScoreParams, Transition};
 use lifecycle_pipeline::rules::Rules;
-use lifecycle_pipeline::{Event, Topic};
+use lifecycle_pipeline::{Event, ReasonCode, Rejection, Topic};
 use lifecycle_schemas::RegistryClient;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, backoff, serve_metrics};
+use crate::stages::Health;
+use crate::stages::common::{EventDecoder, Polled, Poller, WriterSchemas, dead_letter_record, serve_metrics};
+use crate::stages::isolate::{Isolated, apply_isolating};
 
 /// The profile stage's handle.
 pub type ProfileHandle = crate::stages::Handle<ProfileMetrics>;
@@ -44,16 +54,27 @@ struct Ctx {
     lifecycle_topic: String,
     segments_topic: String,
     commands_topic: String,
+    dlq_topic: String,
     rules: LifecycleRules,
     params: ScoreParams,
     decoder: EventDecoder,
 }
 
-/// A consumed record, decoded.
+/// A consumed record, decoded (`None`: unreadable, already dead-lettered).
 struct Decoded {
     partition: i32,
     offset: i64,
     event: Option<Event>,
+}
+
+/// What a committed slice of a batch did.
+#[derive(Default)]
+struct Applied {
+    /// The profiles it updated, to cache again.
+    profiles: HashMap<String, Profile>,
+    events: u64,
+    skipped_offset: u64,
+    skipped_duplicate: u64,
 }
 
 /// Evaluates `rules`' segments for `profiles` at wall-clock time against the
@@ -163,9 +184,9 @@ async fn sweep_segments(
     }
 }
 
-/// Applies one batch in one transaction; returns the updated profiles to cache.
-/// The batch's cached profiles are taken out of `cache` and updated in place:
-/// if the batch fails they are simply loaded again from PostgreSQL, which the
+/// Applies one slice of a batch in one transaction; returns what it did. The
+/// slice's cached profiles are taken out of `cache` and updated in place: if
+/// the slice fails they are simply loaded again from PostgreSQL, which the
 /// failed transaction left as it was.
 async fn apply_batch(
     ctx: &Ctx,
@@ -174,31 +195,37 @@ async fn apply_batch(
     cache: &mut ProfileCache,
     (batch, segments_and_triggers): (&[Decoded], &Rules),
     m: &ProfileMetrics,
-) -> Result<HashMap<String, Profile>, String> {
-    let mut tx = profiles::begin(pool).await.map_err(|e| format!("begin: {e}"))?;
+) -> Result<Applied, ConnectorError> {
+    let mut tx = profiles::begin(pool).await?;
     let mut partitions: Vec<i32> = batch.iter().map(|d| d.partition).collect();
     partitions.sort_unstable();
     partitions.dedup();
-    let applied_up_to =
-        tx.lock_offsets(&ctx.group, &ctx.topic, &partitions).await.map_err(|e| format!("offsets: {e}"))?;
-    let fresh: Vec<&Decoded> =
-        batch.iter().filter(|d| d.offset >= applied_up_to.get(&d.partition).copied().unwrap_or(0)).collect();
-    m.skipped.with_label_values(&["offset"]).inc_by((batch.len() - fresh.len()) as u64);
-    let ids: Vec<String> = fresh.iter().filter_map(|d| d.event.as_ref().map(|e| e.event_id.clone())).collect();
-    let mut seen = tx.seen(&ids).await.map_err(|e| format!("dedup: {e}"))?;
+    let applied_up_to = tx.lock_offsets(&ctx.group, &ctx.topic, &partitions).await?;
+    let mut done = Applied::default();
+    let mut fresh: Vec<&Event> = Vec::with_capacity(batch.len());
+    for d in batch {
+        let Some(e) = &d.event else { continue };
+        if d.offset >= applied_up_to.get(&d.partition).copied().unwrap_or(0) {
+            fresh.push(e);
+        } else {
+            done.skipped_offset += 1;
+        }
+    }
+    let ids: Vec<String> = fresh.iter().map(|e| e.event_id.clone()).collect();
+    let mut seen = tx.seen(&ids).await?;
     let mut events: Vec<&Event> = Vec::with_capacity(fresh.len());
-    for d in &fresh {
-        match &d.event {
-            None => m.skipped.with_label_values(&["undecodable"]).inc(),
-            Some(e) if !seen.insert(e.event_id.clone()) => m.skipped.with_label_values(&["event_id"]).inc(),
-            Some(e) => events.push(e),
+    for e in fresh {
+        if seen.insert(e.event_id.clone()) {
+            events.push(e);
+        } else {
+            done.skipped_duplicate += 1;
         }
     }
     let needed: HashSet<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
     let missing: Vec<String> = needed.iter().filter(|u| !cache.contains(u)).map(|u| (*u).to_owned()).collect();
     m.cache_lookups.with_label_values(&["hit"]).inc_by((needed.len() - missing.len()) as u64);
     m.cache_lookups.with_label_values(&["miss"]).inc_by(missing.len() as u64);
-    let mut loaded = tx.load(&missing).await.map_err(|e| format!("load: {e}"))?;
+    let mut loaded = tx.load(&missing).await?;
     let mut working: HashMap<String, Profile> = HashMap::new();
     let mut transitions: Vec<Transition> = Vec::new();
     let mut writes = RuleWrites::default();
@@ -216,17 +243,15 @@ async fn apply_batch(
     }
     if !segments_and_triggers.segments.is_empty() && !working.is_empty() {
         let users: Vec<String> = working.keys().cloned().collect();
-        let before = tx.memberships(&users).await.map_err(|e| format!("memberships: {e}"))?;
+        let before = tx.memberships(&users).await?;
         evaluate_segments(segments_and_triggers, working.values(), before, &mut writes);
     }
-    // Changelog and lifecycle events first: if we crash before the commit, the
-    // batch is applied again and they are produced again (same keys and ids).
     // Each profile is serialised once: the changelog record's payload is also
     // the document written to PostgreSQL.
     let touched: Vec<&Profile> = working.values().collect();
     let mut out = Vec::with_capacity(touched.len() + transitions.len());
     for p in &touched {
-        let doc = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+        let doc = serde_json::to_vec(p).map_err(|e| ConnectorError::Encode(e.to_string()))?;
         out.push(OutRecord {
             topic: ctx.changelog_topic.clone(),
             key: Some(p.user_id.as_bytes().to_vec()),
@@ -248,7 +273,6 @@ async fn apply_batch(
         });
     }
     out.extend(membership_records(&ctx.segments_topic, &writes.changes));
-    sink.send_all(&out).await.map_err(|e| format!("produce: {e}"))?;
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for d in batch {
         let e = next.entry(d.partition).or_insert(d.offset + 1);
@@ -259,11 +283,15 @@ async fn apply_batch(
         .zip(&out)
         .map(|(p, r)| std::str::from_utf8(&r.payload).map(|doc| (*p, doc)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ConnectorError::Encode(e.to_string()))?;
     let applied: Vec<(String, String)> = events.iter().map(|e| (e.event_id.clone(), e.user_id.clone())).collect();
-    tx.write_and_commit(&written, &transitions, &writes, &applied, &ctx.group, &ctx.topic, &next)
-        .await
-        .map_err(|e| format!("commit: {e}"))?;
+    tx.write(&written, &transitions, &writes, &applied, &ctx.group, &ctx.topic, &next).await?;
+    // PostgreSQL accepted the batch: its outputs go out before the commit, so
+    // a crash in between re-applies the batch and produces them again (same
+    // keys, same content) rather than losing them; a batch PostgreSQL refuses
+    // produces nothing.
+    sink.send_all(&out).await?;
+    tx.commit().await?;
     let commands: Vec<OutRecord> = writes
         .triggers
         .iter()
@@ -293,11 +321,93 @@ async fn apply_batch(
     for c in &writes.changes {
         m.segment_changes.with_label_values(&[c.change.trim_start_matches("segment.")]).inc();
     }
-    m.events_applied.inc_by(events.len() as u64);
     for t in &transitions {
         m.transitions.with_label_values(&[t.to.as_str()]).inc();
     }
-    Ok(working)
+    done.events = events.len() as u64;
+    done.profiles = working;
+    Ok(done)
+}
+
+/// One consumed batch under poison-record isolation.
+struct ProfileBatch<'a> {
+    ctx: &'a Ctx,
+    pool: &'a PgPool,
+    sink: &'a KafkaSink,
+    cache: &'a mut ProfileCache,
+    rules: &'a Rules,
+    m: &'a ProfileMetrics,
+    records: &'a [RawRecord],
+    decoded: &'a [Decoded],
+}
+
+impl Isolated for ProfileBatch<'_> {
+    async fn apply(&mut self, range: Range<usize>) -> Result<(), ConnectorError> {
+        let done =
+            apply_batch(self.ctx, self.pool, self.sink, self.cache, (&self.decoded[range], self.rules), self.m).await?;
+        let o = &self.m.outcomes;
+        o.applied("event", done.events);
+        o.skipped("offset", done.skipped_offset);
+        o.skipped("event_id", done.skipped_duplicate);
+        self.cache.extend(done.profiles.into_values());
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, index: usize, error: &ConnectorError) -> Result<(), ConnectorError> {
+        let (r, d) = (&self.records[index], &self.decoded[index]);
+        let event = d.event.as_ref();
+        let rejection = Rejection::record(
+            ReasonCode::StoreRejected,
+            format!("PostgreSQL refused the event ({}): {error}", error.store_code().unwrap_or_default()),
+        );
+        let id = event.map(|e| e.event_id.clone());
+        let dlq = dead_letter_record(&self.ctx.dlq_topic, "profile", r, rejection, id, chrono::Utc::now());
+        self.sink.send_all(std::slice::from_ref(&dlq)).await?;
+        profiles::skip_record(
+            self.pool,
+            (&self.ctx.group, &self.ctx.topic),
+            (d.partition, d.offset),
+            event.map(|e| (e.event_id.as_str(), e.user_id.as_str())),
+        )
+        .await?;
+        self.m.outcomes.dead_lettered(ReasonCode::StoreRejected.as_str(), 1);
+        Ok(())
+    }
+
+    fn retried(&self, error: &ConnectorError) {
+        self.m.retries.with_label_values(&[error.code()]).inc();
+    }
+}
+
+/// Puts the records that cannot be read on the dead-letter topic (retrying
+/// while Kafka is down) and counts them.
+async fn dead_letter_unreadable(
+    ctx: &Ctx,
+    sink: &KafkaSink,
+    unreadable: Vec<(&RawRecord, Rejection, Option<String>)>,
+    (m, health): (&ProfileMetrics, &Health),
+) {
+    if unreadable.is_empty() {
+        return;
+    }
+    let reasons: Vec<ReasonCode> = unreadable.iter().map(|(_, r, _)| r.reason).collect();
+    let records: Vec<OutRecord> = unreadable
+        .into_iter()
+        .map(|(r, rejection, id)| dead_letter_record(&ctx.dlq_topic, "profile", r, rejection, id, chrono::Utc::now()))
+        .collect();
+    let mut attempt = 0;
+    while let Err(e) = sink.send_all(&records).await {
+        let e = ConnectorError::from(e);
+        m.retries.with_label_values(&[e.code()]).inc();
+        if attempt >= 2 {
+            health.stalled(format!("{}: {e}", e.code()));
+        }
+        tokio::time::sleep(crate::stages::common::backoff(attempt)).await;
+        attempt += 1;
+    }
+    for reason in reasons {
+        m.outcomes.dead_lettered(reason.as_str(), 1);
+    }
 }
 
 /// Runs the stage until `shutdown` turns true; finishes the batch in hand first.
@@ -315,6 +425,7 @@ pub async fn run(
         lifecycle_topic: cfg.topics.name(Topic::LifecycleEvents),
         segments_topic: cfg.topics.name(Topic::SegmentMemberships),
         commands_topic: cfg.topics.name(Topic::WorkflowCommands),
+        dlq_topic: cfg.topics.name(Topic::EventsDlq),
         rules: pc.lifecycle.clone(),
         params: ScoreParams::default(),
         decoder: EventDecoder::load(cfg)?,
@@ -328,12 +439,10 @@ pub async fn run(
         &pc.group_id,
         &[&ctx.topic],
         (pc.max_batch_records, Duration::from_millis(pc.batch_linger_ms)),
-        pc.rejoin_when_unassigned_secs,
-        handle.metrics.retries.clone(),
     )?;
     let m = handle.metrics.clone();
     if let Some(addr) = pc.metrics_addr {
-        serve_metrics(addr, handle.registry.clone(), shutdown.clone());
+        serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }
     tracing::info!(input = %ctx.topic, group = %ctx.group, "profile stage started");
     let mut cache = ProfileCache::new(pc.cache_mib.saturating_mul(1 << 20));
@@ -350,14 +459,13 @@ pub async fn run(
     ));
     loop {
         let polled = poller.next(&mut shutdown).await?;
-        if poller.source().rebalances() != rebalances || matches!(polled, Polled::Rejoined) {
+        if poller.source().rebalances() != rebalances {
             // Partitions may have moved: another instance may have changed these users.
             rebalances = poller.source().rebalances();
             cache.clear();
         }
         let batch = match polled {
             Polled::Batch(b) => b,
-            Polled::Rejoined => continue,
             Polled::Shutdown => break,
         };
         if rules_loaded.is_none_or(|at| at.elapsed() >= reload_every) {
@@ -378,28 +486,34 @@ pub async fn run(
         m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
         writers.fill(&ctx.decoder.envelope, &batch, &m.retries).await;
+        let mut unreadable = Vec::new();
         let decoded: Vec<Decoded> = batch
             .iter()
             .map(|r| Decoded {
                 partition: r.partition,
                 offset: r.offset,
-                event: ctx.decoder.decode(writers.cache(), r),
+                event: match ctx.decoder.decode(writers.cache(), r) {
+                    Ok(e) => Some(e),
+                    Err((rejection, id)) => {
+                        unreadable.push((r, rejection, id));
+                        None
+                    }
+                },
             })
             .collect();
-        let mut attempt = 0;
-        let updated = loop {
-            match apply_batch(&ctx, &pool, &sink, &mut cache, (&decoded, &segments_and_triggers), &m).await {
-                Ok(updated) => break updated,
-                Err(e) => {
-                    m.retries.with_label_values(&["batch"]).inc();
-                    tracing::warn!(error = %e, attempt, records = decoded.len(), "batch failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-            }
+        dead_letter_unreadable(&ctx, &sink, unreadable, (&m, &handle.health)).await;
+        let mut slices = ProfileBatch {
+            ctx: &ctx,
+            pool: &pool,
+            sink: &sink,
+            cache: &mut cache,
+            rules: &segments_and_triggers,
+            m: &m,
+            records: &batch,
+            decoded: &decoded,
         };
+        apply_isolating(decoded.len(), &mut slices, &handle.health).await;
         m.flush_seconds.observe(started.elapsed().as_secs_f64());
-        cache.extend(updated.into_values());
         m.cache_bytes.set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
         m.cache_entries.set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
         if let Err(e) = poller.source().commit(&batch) {

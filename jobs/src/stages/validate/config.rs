@@ -18,11 +18,13 @@ pub struct ValidateConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// How long an unknown schema id is remembered as unknown, in seconds.
     pub unknown_schema_ttl_secs: u64,
-    /// Rejoin the consumer group after holding no partition this long, in seconds
-    /// (0: never). tansu does not expire a member that died without leaving when
-    /// another joins at that moment, and the survivor can be left with nothing;
-    /// rejoining repairs that. Set 0 when running more instances than partitions.
-    pub rejoin_when_unassigned_secs: u64,
+    /// This instance's stable name, used in its transactional id
+    /// (`<group_id>-<instance_id>`). Unset: a random one per start. Give each
+    /// instance a stable, distinct name (e.g. a StatefulSet pod's name) so a
+    /// restarted instance aborts its predecessor's open transaction at once;
+    /// with random names `read_committed` readers wait up to
+    /// `kafka.transaction_timeout_ms` behind a crashed instance's transaction.
+    pub instance_id: Option<String>,
 }
 
 impl Default for ValidateConfig {
@@ -33,7 +35,7 @@ impl Default for ValidateConfig {
             batch_linger_ms: 50,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
             unknown_schema_ttl_secs: 60,
-            rejoin_when_unassigned_secs: 20,
+            instance_id: None,
         }
     }
 }

@@ -1,16 +1,19 @@
 //! The stage loop: read a batch, fill the writer-schema cache, validate every
-//! record (pure), produce all outputs, wait for every acknowledgement, then
-//! commit the batch's offsets. A crash between produce and commit re-processes
-//! the batch: delivery is at-least-once and `event_id` identifies duplicates.
+//! record (pure), then deliver: by default the outputs and the batch's input
+//! offsets commit in one Kafka transaction (exactly-once for `read_committed`
+//! readers; an aborted transaction rewinds the consumer and the batch is read
+//! again). With `kafka.transactions = false` (brokers without transactions) the
+//! outputs are produced and acknowledged, then the offsets committed: a crash
+//! in between re-processes the batch (at-least-once; `event_id` identifies the
+//! duplicates).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
-use lifecycle_connectors::kafka::source::RawRecord;
+use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord, TxError, TxSink};
+use lifecycle_connectors::kafka::source::{BatchSource, RawRecord};
 use lifecycle_pipeline::avro::Envelope;
-use lifecycle_pipeline::dlq::{DlqRecord, SourceRef};
 use lifecycle_pipeline::metrics::ValidateMetrics;
 use lifecycle_pipeline::process::{self, Outcome, WriterCache};
 use lifecycle_pipeline::{ReasonCode, Rejection, Topic, Validator, wire};
@@ -18,7 +21,7 @@ use lifecycle_schemas::{RegistryClient, SchemaFiles};
 use tokio::sync::watch;
 
 use crate::config::LifecycleConfig;
-use crate::stages::common::{Polled, Poller, WriterSchemas, backoff, serve_metrics};
+use crate::stages::common::{Polled, Poller, WriterSchemas, backoff, dead_letter_record, serve_metrics};
 
 /// The validation stage's handle.
 pub type StageHandle = crate::stages::Handle<ValidateMetrics>;
@@ -43,25 +46,34 @@ struct Ctx {
     dlq_topic: String,
 }
 
-/// Turns one consumed record into its one output record.
-fn output(ctx: &Ctx, cache: &WriterCache, r: &RawRecord, now: chrono::DateTime<Utc>, m: &ValidateMetrics) -> OutRecord {
-    let dlq = |rejection: Rejection, event_id: Option<String>| {
-        m.dlq_reasons.with_label_values(&[rejection.reason.as_str()]).inc();
-        m.records_out.with_label_values(&["dlq"]).inc();
-        let reason = rejection.reason.as_str().as_bytes().to_vec();
-        let src = SourceRef { topic: r.topic.clone(), partition: r.partition, offset: r.offset };
-        let rec = DlqRecord::new(rejection, src, "validate", event_id, r.key.as_deref(), &r.payload, now);
-        OutRecord {
-            topic: ctx.dlq_topic.clone(),
-            key: r.key.clone(),
-            payload: serde_json::to_vec(&rec).unwrap_or_default(),
-            headers: vec![("content-type", b"application/json".to_vec()), ("reason", reason)],
+/// A batch's outcomes, counted once its outputs are durable.
+#[derive(Default)]
+struct Tally {
+    valid: u64,
+    dlq: Vec<ReasonCode>,
+}
+
+impl Tally {
+    fn count(self, records: usize, m: &ValidateMetrics) {
+        m.records_in.inc_by(records as u64);
+        m.records_out.with_label_values(&["valid"]).inc_by(self.valid);
+        m.records_out.with_label_values(&["dlq"]).inc_by(self.dlq.len() as u64);
+        for reason in self.dlq {
+            m.dlq_reasons.with_label_values(&[reason.as_str()]).inc();
         }
+    }
+}
+
+/// Turns one consumed record into its one output record.
+fn output(ctx: &Ctx, cache: &WriterCache, r: &RawRecord, now: chrono::DateTime<Utc>, tally: &mut Tally) -> OutRecord {
+    let mut dlq = |rejection: Rejection, event_id: Option<String>| {
+        tally.dlq.push(rejection.reason);
+        dead_letter_record(&ctx.dlq_topic, "validate", r, rejection, event_id, now)
     };
     match process::process(&r.payload, cache, &ctx.envelope, &ctx.validator, now) {
         Outcome::Valid(event) => match ctx.envelope.encode(&event) {
             Ok(body) => {
-                m.records_out.with_label_values(&["valid"]).inc();
+                tally.valid += 1;
                 OutRecord {
                     topic: ctx.valid_topic.clone(),
                     key: Some(event.user_id.as_bytes().to_vec()),
@@ -75,6 +87,104 @@ fn output(ctx: &Ctx, cache: &WriterCache, r: &RawRecord, now: chrono::DateTime<U
             Err(e) => dlq(Rejection::record(ReasonCode::SchemaMismatch, e.to_string()), Some(event.event_id)),
         },
         Outcome::Rejected(rejection, event_id) => dlq(rejection, event_id),
+    }
+}
+
+/// How a batch's outputs and offsets become durable.
+enum Delivery {
+    /// In one Kafka transaction.
+    Transactional { sink: TxSink, id: String },
+    /// Outputs acknowledged, then offsets committed (at-least-once).
+    AtLeastOnce(KafkaSink),
+}
+
+impl Delivery {
+    fn new(cfg: &LifecycleConfig) -> Result<Self, String> {
+        if !cfg.kafka.transactions {
+            return Ok(Self::AtLeastOnce(KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?));
+        }
+        let instance = cfg.validate.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let id = format!("{}-{instance}", cfg.validate.group_id);
+        let sink = TxSink::new(&cfg.kafka, &id).map_err(|e| format!("transactional producer {id}: {e}"))?;
+        tracing::info!(transactional_id = %id, "transactions on: outputs and offsets commit together");
+        Ok(Self::Transactional { sink, id })
+    }
+
+    /// Makes the batch's outputs and offsets durable; `false` when they were
+    /// aborted instead and the consumer rewound (the batch is read again).
+    async fn deliver(
+        &mut self,
+        cfg: &LifecycleConfig,
+        (source, batch, outputs): (&BatchSource, &[RawRecord], &[OutRecord]),
+        (m, health): (&ValidateMetrics, &crate::stages::Health),
+    ) -> bool {
+        match self {
+            Self::Transactional { sink, id } => {
+                let committed = match (BatchSource::next_offsets(batch), source.group_metadata()) {
+                    (Ok(offsets), Some(group)) => sink.commit_batch(outputs, &offsets, &group).await,
+                    (Err(e), _) => Err(TxError::Aborted(e)),
+                    // Not in a group yet (no generation to commit under).
+                    (_, None) => Err(TxError::Aborted(rdkafka::error::KafkaError::Global(
+                        rdkafka::types::RDKafkaErrorCode::State,
+                    ))),
+                };
+                let e = match committed {
+                    Ok(()) => {
+                        health.progressing();
+                        return true;
+                    }
+                    Err(e) => e,
+                };
+                m.retries.with_label_values(&["transaction"]).inc();
+                tracing::warn!(error = %e, records = batch.len(), "transaction not committed; the batch will be read again");
+                if let TxError::Fatal(_) = e {
+                    let mut attempt = 0;
+                    loop {
+                        match TxSink::new(&cfg.kafka, id) {
+                            Ok(new) => {
+                                *sink = new;
+                                break;
+                            }
+                            Err(e) => {
+                                health.stalled(format!("transactional producer: {e}"));
+                                tracing::warn!(error = %e, attempt, "transactional producer not ready; retrying");
+                                tokio::time::sleep(backoff(attempt)).await;
+                                attempt += 1;
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = source.rewind() {
+                    tracing::warn!(error = %e, "rewind failed; the next rebalance resets the positions");
+                }
+                false
+            }
+            Self::AtLeastOnce(sink) => {
+                let mut attempt = 0;
+                while let Err(e) = sink.send_all(outputs).await {
+                    m.retries.with_label_values(&["produce"]).inc();
+                    tracing::warn!(error = %e, records = outputs.len(), attempt, "produce failed; retrying the batch");
+                    if attempt >= 2 {
+                        health.stalled(format!("produce: {e}"));
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                health.progressing();
+                let mut attempt = 0;
+                while let Err(e) = source.commit(batch) {
+                    m.retries.with_label_values(&["commit"]).inc();
+                    if attempt >= 5 {
+                        tracing::error!(error = %e, "commit failed 5 times; the batch will be re-processed after a restart");
+                        break;
+                    }
+                    tracing::warn!(error = %e, attempt, "commit failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                true
+            }
+        }
     }
 }
 
@@ -100,18 +210,11 @@ pub async fn run(
     };
     let raw_topic = cfg.topics.name(Topic::EventsRaw);
     let linger = Duration::from_millis(vc.batch_linger_ms);
-    let mut poller = Poller::new(
-        &cfg.kafka,
-        &vc.group_id,
-        &[&raw_topic],
-        (vc.max_batch_records, linger),
-        vc.rejoin_when_unassigned_secs,
-        handle.metrics.retries.clone(),
-    )?;
-    let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
+    let mut poller = Poller::new(&cfg.kafka, &vc.group_id, &[&raw_topic], (vc.max_batch_records, linger))?;
+    let mut delivery = Delivery::new(cfg)?;
     let m = handle.metrics.clone();
     if let Some(addr) = vc.metrics_addr {
-        serve_metrics(addr, handle.registry.clone(), shutdown.clone());
+        serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }
     tracing::info!(input = %raw_topic, valid = %ctx.valid_topic, dlq = %ctx.dlq_topic, group = %vc.group_id, "validation stage started");
     let mut writers = WriterSchemas::new(client, Duration::from_secs(vc.unknown_schema_ttl_secs));
@@ -119,32 +222,16 @@ pub async fn run(
     loop {
         let batch = match poller.next(&mut shutdown).await? {
             Polled::Batch(b) => b,
-            Polled::Rejoined => continue,
             Polled::Shutdown => break,
         };
         let started = Instant::now();
-        m.records_in.inc_by(batch.len() as u64);
         m.batch_size.observe(batch.len() as f64);
         writers.fill(&ctx.envelope, &batch, &m.retries).await;
         let now = Utc::now();
-        let outputs: Vec<OutRecord> = batch.iter().map(|r| output(&ctx, writers.cache(), r, now, &m)).collect();
-        let mut attempt = 0;
-        while let Err(e) = sink.send_all(&outputs).await {
-            m.retries.with_label_values(&["produce"]).inc();
-            tracing::warn!(error = %e, records = outputs.len(), attempt, "produce failed; retrying the batch");
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
-        }
-        let mut attempt = 0;
-        while let Err(e) = poller.source().commit(&batch) {
-            m.retries.with_label_values(&["commit"]).inc();
-            if attempt >= 5 {
-                tracing::error!(error = %e, "commit failed 5 times; the batch will be re-processed after a restart");
-                break;
-            }
-            tracing::warn!(error = %e, attempt, "commit failed; retrying");
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
+        let mut tally = Tally::default();
+        let outputs: Vec<OutRecord> = batch.iter().map(|r| output(&ctx, writers.cache(), r, now, &mut tally)).collect();
+        if delivery.deliver(cfg, (poller.source(), &batch, &outputs), (&m, &handle.health)).await {
+            tally.count(batch.len(), &m);
         }
         m.batch_seconds.observe(started.elapsed().as_secs_f64());
         if last_lag.elapsed() > Duration::from_secs(5) {

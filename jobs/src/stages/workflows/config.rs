@@ -33,8 +33,6 @@ pub struct WorkflowConfig {
     pub webhook_max_attempts: u32,
     /// Where `/metrics` and `/healthz` are served; none when absent.
     pub metrics_addr: Option<SocketAddr>,
-    /// Rejoin the group after holding no partition this long, in seconds (0: never).
-    pub rejoin_when_unassigned_secs: u64,
 }
 
 impl Default for WorkflowConfig {
@@ -51,7 +49,6 @@ impl Default for WorkflowConfig {
             signing_secret: String::new(),
             webhook_max_attempts: 8,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9104))),
-            rejoin_when_unassigned_secs: 20,
         }
     }
 }

@@ -21,10 +21,10 @@ use lifecycle_connectors::postgres::workflows::{
     self as store, Attempt, Claimed, FailureCols, NewInstance, Save, StartError,
 };
 use lifecycle_connectors::postgres::{self};
-use lifecycle_pipeline::Topic;
 use lifecycle_pipeline::metrics::WorkflowMetrics;
 use lifecycle_pipeline::workflow::bpmn::Process;
 use lifecycle_pipeline::workflow::instance::{Effect, Instance, RetryPolicy, Status, idempotency_key};
+use lifecycle_pipeline::{ReasonCode, Topic};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, watch};
@@ -51,6 +51,7 @@ struct Engine {
     dlq_topic: String,
     definitions: Mutex<HashMap<Uuid, Arc<Result<Process, String>>>>,
     m: WorkflowMetrics,
+    health: crate::stages::Health,
 }
 
 fn status_str(s: Status) -> &'static str {
@@ -305,15 +306,12 @@ impl Engine {
                     Err(e @ StartError::NotActive(..)) => Err(("workflow_not_active", e.to_string())),
                     Err(e @ StartError::NoUser(_)) => Err(("unknown_user", e.to_string())),
                     Err(e @ StartError::BadReference(_)) => Err(("invalid_field", e.to_string())),
-                    Err(StartError::Db(e)) => Err(("database", e.to_string())),
+                    Err(StartError::Db(e)) => Err(db_reason(e)),
                 }
             }
             Some("cancel") => {
                 let id = uuid_of("instance_id")?;
-                match store::cancel(&self.pool, id, &self.events_topic)
-                    .await
-                    .map_err(|e| ("database", e.to_string()))?
-                {
+                match store::cancel(&self.pool, id, &self.events_topic).await.map_err(db_reason)? {
                     Some(_) => Ok("cancelled"),
                     None => Ok("duplicate"),
                 }
@@ -323,6 +321,14 @@ impl Engine {
     }
 }
 
+/// A database error of a command: `database` (retried) while a retry can
+/// help, else `store_rejected` (the command is dead-lettered).
+fn db_reason(e: sqlx::Error) -> (&'static str, String) {
+    let e = lifecycle_connectors::error::ConnectorError::from(e);
+    let reason = if e.retryable() { "database" } else { ReasonCode::StoreRejected.as_str() };
+    (reason, format!("{} ({}): {e}", e.code(), e.store_code().unwrap_or_default()))
+}
+
 async fn consume_commands(
     engine: Arc<Engine>,
     cfg: LifecycleConfig,
@@ -330,18 +336,10 @@ async fn consume_commands(
 ) -> Result<(), String> {
     let topic = cfg.topics.name(Topic::WorkflowCommands);
     let wc = &cfg.workflows;
-    let mut poller = Poller::new(
-        &cfg.kafka,
-        &wc.group_id,
-        &[&topic],
-        (500, Duration::from_millis(50)),
-        wc.rejoin_when_unassigned_secs,
-        engine.m.retries.clone(),
-    )?;
+    let mut poller = Poller::new(&cfg.kafka, &wc.group_id, &[&topic], (500, Duration::from_millis(50)))?;
     loop {
         let batch = match poller.next(&mut shutdown).await? {
             Polled::Batch(b) => b,
-            Polled::Rejoined => continue,
             Polled::Shutdown => return Ok(()),
         };
         let mut dead = Vec::new();
@@ -352,16 +350,21 @@ async fn consume_commands(
                     Err(("database", e)) => {
                         engine.m.retries.with_label_values(&["database"]).inc();
                         tracing::warn!(error = %e, attempt, "command not applied; retrying");
+                        if attempt >= 2 {
+                            engine.health.stalled(format!("database: {e}"));
+                        }
                         tokio::time::sleep(backoff(attempt)).await;
                         attempt += 1;
                     }
                     other => break other,
                 }
             };
+            engine.health.progressing();
             match outcome {
-                Ok(what) => engine.m.commands.with_label_values(&[what]).inc(),
+                Ok("duplicate") => engine.m.commands.skipped("duplicate", 1),
+                Ok(what) => engine.m.commands.applied(what, 1),
                 Err((reason, message)) => {
-                    engine.m.commands.with_label_values(&["dead_lettered"]).inc();
+                    engine.m.commands.dead_lettered(reason, 1);
                     let doc = json!({
                         "reason": reason, "message": message, "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
                         "original": String::from_utf8_lossy(&r.payload),
@@ -509,9 +512,10 @@ pub async fn run(
         dlq_topic: cfg.topics.name(Topic::WorkflowDlq),
         definitions: Mutex::new(HashMap::new()),
         m: handle.metrics.clone(),
+        health: handle.health.clone(),
     });
     if let Some(addr) = wc.metrics_addr {
-        serve_metrics(addr, handle.registry.clone(), shutdown.clone());
+        serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }
     let commands = tokio::spawn(consume_commands(engine.clone(), cfg.clone(), shutdown.clone()));
     let deliveries = tokio::spawn(deliver_webhooks(engine.clone(), shutdown.clone()));

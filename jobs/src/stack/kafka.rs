@@ -1,0 +1,318 @@
+//! Apache Kafka from Maven Central: the broker's jars fetched once by Maven into
+//! the cache, one KRaft node acting as broker and controller, its storage
+//! formatted once under the project's data directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::proc::{log_file, pid_file, port_open, running_pid, spawn_detached, stop_within, tail};
+use super::{ServiceStatus, StackConfig, StackError, err, wait_for};
+
+/// The pom listing the broker and its slf4j binding (`@KAFKA_VERSION@` filled in).
+const POM: &str = include_str!("kafka-pom.xml");
+
+/// Where the broker's jars are cached.
+fn libs_dir(s: &StackConfig) -> PathBuf {
+    s.cache_dir.join(format!("kafka-{}", s.kafka_version)).join("libs")
+}
+
+/// Installs `tool` (a Debian package) when it is not on PATH.
+fn ensure_tool(tool: &str, package: &str) -> Result<(), StackError> {
+    if Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    println!("kafka: `{tool}` missing, installing the Debian package {package}...");
+    let script = format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}");
+    let ok = Command::new("sh").args(["-c", &script]).status().is_ok_and(|s| s.success());
+    if ok { Ok(()) } else { Err(err("kafka", format!("`{tool}` is missing and `apt-get install {package}` failed"))) }
+}
+
+/// Fetches the broker's jars with Maven unless they are cached; returns the folder.
+fn install(s: &StackConfig) -> Result<PathBuf, StackError> {
+    let libs = libs_dir(s);
+    let done = libs.join(".complete");
+    if done.is_file() {
+        return Ok(libs);
+    }
+    ensure_tool("java", "openjdk-17-jre-headless")?;
+    ensure_tool("mvn", "maven")?;
+    let root = libs.parent().unwrap_or(&s.cache_dir).to_path_buf();
+    std::fs::create_dir_all(&root).map_err(|e| err("kafka", e.to_string()))?;
+    let pom = root.join("pom.xml");
+    std::fs::write(&pom, POM.replace("@KAFKA_VERSION@", &s.kafka_version)).map_err(|e| err("kafka", e.to_string()))?;
+    let staging = root.join("libs.partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    println!(
+        "kafka: fetching Apache Kafka {} from Maven Central into {} (first time only)...",
+        s.kafka_version,
+        libs.display()
+    );
+    let out = Command::new("mvn")
+        .args(["-B", "-q", "-f"])
+        .arg(&pom)
+        .arg(format!("-Dmaven.repo.local={}", s.cache_dir.join("m2").display()))
+        .arg("org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies")
+        .arg(format!("-DoutputDirectory={}", staging.display()))
+        .arg("-DincludeScope=runtime")
+        .output()
+        .map_err(|e| err("kafka", format!("mvn: {e}")))?;
+    if !out.status.success() {
+        return Err(err(
+            "kafka",
+            format!(
+                "fetching the broker's jars failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+    }
+    check_libs(&staging)?;
+    let _ = std::fs::remove_dir_all(&libs);
+    std::fs::rename(&staging, &libs).map_err(|e| err("kafka", e.to_string()))?;
+    std::fs::write(&done, &s.kafka_version).map_err(|e| err("kafka", e.to_string()))?;
+    Ok(libs)
+}
+
+/// The jar folder holds the broker, exactly one slf4j API and one binding
+/// (two bindings make slf4j pick one at random; none makes the broker silent).
+fn check_libs(libs: &Path) -> Result<(), StackError> {
+    let names: Vec<String> = std::fs::read_dir(libs)
+        .map_err(|e| err("kafka", e.to_string()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let count = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count();
+    let problems: Vec<String> = [("kafka_2.13-", 1), ("slf4j-api-", 1), ("log4j-slf4j-impl-", 1)]
+        .iter()
+        .filter(|(prefix, want)| count(prefix) != *want)
+        .map(|(prefix, want)| format!("{} jars named {prefix}* (want {want})", count(prefix)))
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(err("kafka", format!("unexpected jars: {}", problems.join(", ")))) }
+}
+
+/// One KRaft node: broker and controller in one process.
+struct Node {
+    /// Where its configuration, cluster id and log segments live.
+    dir: PathBuf,
+    /// Client listener port.
+    port: u16,
+    /// Controller listener port.
+    controller_port: u16,
+}
+
+impl Node {
+    fn of(s: &StackConfig) -> Self {
+        Self { dir: s.data_dir.join("kafka"), port: s.kafka_port, controller_port: s.kafka_controller_port }
+    }
+
+    fn properties(&self) -> String {
+        let (port, cport) = (self.port, self.controller_port);
+        let data = self.dir.join("data");
+        format!(
+            "# Written by `lifecycle stack up`; edits are overwritten at the next start.\n\
+             process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.bootstrap.servers=127.0.0.1:{cport}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             controller.listener.names=CONTROLLER\n\
+             inter.broker.listener.name=PLAINTEXT\n\
+             log.dirs={data}\n\
+             num.partitions=1\n\
+             auto.create.topics.enable=false\n\
+             offsets.topic.replication.factor=1\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n",
+            data = data.display()
+        )
+    }
+
+    /// log4j2 configuration: `server.log` under the stack's log folder, rolled at 100 MB.
+    fn log_config(&self, logs: &Path) -> String {
+        format!(
+            "status = warn\n\
+             appender.file.type = RollingFile\n\
+             appender.file.name = file\n\
+             appender.file.fileName = {logs}/server.log\n\
+             appender.file.filePattern = {logs}/server.log.%i\n\
+             appender.file.layout.type = PatternLayout\n\
+             appender.file.layout.pattern = [%d] %p %m (%c)%n\n\
+             appender.file.policies.type = Policies\n\
+             appender.file.policies.size.type = SizeBasedTriggeringPolicy\n\
+             appender.file.policies.size.size = 100MB\n\
+             appender.file.strategy.type = DefaultRolloverStrategy\n\
+             appender.file.strategy.max = 3\n\
+             rootLogger.level = info\n\
+             rootLogger.appenderRef.file.ref = file\n\
+             logger.request.name = kafka.request.logger\n\
+             logger.request.level = warn\n",
+            logs = logs.display()
+        )
+    }
+}
+
+/// A new cluster id: 16 random bytes, URL-safe base64 without padding (what
+/// `kafka-storage.sh random-uuid` prints).
+fn new_cluster_id() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+fn java(libs: &Path) -> Command {
+    let mut c = Command::new("java");
+    c.arg("-cp").arg(format!("{}/*", libs.display()));
+    c
+}
+
+/// Writes the node's configuration and formats its storage unless it already is.
+fn prepare(node: &Node, libs: &Path, logs: &Path) -> Result<PathBuf, StackError> {
+    let io = |e: std::io::Error| err("kafka", e.to_string());
+    std::fs::create_dir_all(node.dir.join("data")).map_err(io)?;
+    std::fs::create_dir_all(logs).map_err(io)?;
+    let props = node.dir.join("server.properties");
+    std::fs::write(&props, node.properties()).map_err(io)?;
+    std::fs::write(node.dir.join("log4j2.properties"), node.log_config(logs)).map_err(io)?;
+    let id_file = node.dir.join("cluster.id");
+    let id = match std::fs::read_to_string(&id_file) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        _ => {
+            let id = new_cluster_id();
+            std::fs::write(&id_file, &id).map_err(io)?;
+            id
+        }
+    };
+    if !node.dir.join("data/meta.properties").is_file() {
+        let out = java(libs)
+            .args(["kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted", "-t", &id, "-c"])
+            .arg(&props)
+            .output()
+            .map_err(|e| err("kafka", format!("java (storage format): {e}")))?;
+        if !out.status.success() {
+            return Err(err(
+                "kafka",
+                format!("formatting the storage failed: {}", String::from_utf8_lossy(&out.stderr)),
+            ));
+        }
+    }
+    Ok(props)
+}
+
+pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
+    if port_open(s.kafka_port).await {
+        println!("kafka: already answering on 127.0.0.1:{}", s.kafka_port);
+        return Ok(());
+    }
+    let libs = install(s)?;
+    let node = Node::of(s);
+    let logs = s.data_dir.join("logs/kafka");
+    let props = prepare(&node, &libs, &logs)?;
+    let mut cmd = Command::new("java");
+    cmd.args([
+        &format!("-Xms{0}m", s.kafka_heap_mib),
+        &format!("-Xmx{0}m", s.kafka_heap_mib),
+        "-server",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        "-Djava.awt.headless=true",
+    ])
+    .arg(format!("-Dkafka.logs.dir={}", logs.display()))
+    .arg(format!("-Dlog4j2.configurationFile={}", node.dir.join("log4j2.properties").display()))
+    .arg("-cp")
+    .arg(format!("{}/*", libs.display()))
+    .arg("kafka.Kafka")
+    .arg(&props)
+    .env_remove("JMX_PORT")
+    .env_remove("KAFKA_OPTS");
+    let log = log_file(s, "kafka");
+    let pid_path = pid_file(s, "kafka");
+    let pid = spawn_detached("kafka", cmd, &log, &pid_path)?;
+    let port = s.kafka_port;
+    // The client listener opens only once the broker is ready to serve.
+    let open_or_dead = || async { port_open(port).await || running_pid(&pid_path).is_none() };
+    if !wait_for(Duration::from_secs(90), open_or_dead).await || !port_open(port).await {
+        let server_log = logs.join("server.log");
+        return Err(err(
+            "kafka",
+            format!(
+                "not listening after 90 s; {}:\n{}\n{}:\n{}",
+                log.display(),
+                tail(&log, 10),
+                server_log.display(),
+                tail(&server_log, 20)
+            ),
+        ));
+    }
+    println!(
+        "kafka: Apache Kafka {} started, pid {pid}, 127.0.0.1:{port} (controller :{}), data {}",
+        s.kafka_version,
+        node.controller_port,
+        node.dir.display()
+    );
+    Ok(())
+}
+
+pub(super) fn down(s: &StackConfig) -> Result<(), StackError> {
+    // A clean shutdown moves leadership and closes the log segments; it takes a
+    // few seconds, so the broker gets longer than the other services.
+    if stop_within("kafka", &pid_file(s, "kafka"), Duration::from_secs(60))? {
+        println!("kafka: stopped");
+    }
+    Ok(())
+}
+
+pub(super) async fn status(s: &StackConfig) -> ServiceStatus {
+    let pid = running_pid(&pid_file(s, "kafka"));
+    ServiceStatus {
+        name: "kafka",
+        addr: format!("127.0.0.1:{}", s.kafka_port),
+        up: port_open(s.kafka_port).await,
+        detail: pid.map_or_else(
+            || "not started by this project".into(),
+            |p| {
+                format!(
+                    "Apache Kafka {}, pid {p}, log {}",
+                    s.kafka_version,
+                    s.data_dir.join("logs/kafka/server.log").display()
+                )
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_look_like_kafkas() {
+        let id = new_cluster_id();
+        assert_eq!(id.len(), 22);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{id}");
+        assert_ne!(id, new_cluster_id());
+    }
+
+    #[test]
+    fn the_node_listens_on_loopback_only_with_single_replica_internal_topics() {
+        let node = Node { dir: PathBuf::from("/x/kafka"), port: 9092, controller_port: 9093 };
+        let p = node.properties();
+        for line in [
+            "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+            "advertised.listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+            "controller.quorum.bootstrap.servers=127.0.0.1:9093",
+            "log.dirs=/x/kafka/data",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "offsets.topic.replication.factor=1",
+            "auto.create.topics.enable=false",
+        ] {
+            assert!(p.lines().any(|l| l == line), "missing {line}");
+        }
+        assert!(!p.contains("0.0.0.0"));
+    }
+}
