@@ -15,6 +15,8 @@ use crate::strict::StrictWalker;
 #[derive(Debug, Clone)]
 pub struct Envelope {
     schema: Schema,
+    /// The schema is the one `envelope_codec` implements.
+    v1: bool,
 }
 
 impl Envelope {
@@ -24,7 +26,13 @@ impl Envelope {
         if !matches!(schema, Schema::Record(_)) {
             return Err(PipelineError::Envelope("must be a record".into()));
         }
-        Ok(Self { schema })
+        let v1 = crate::envelope_codec::is_v1(&schema);
+        Ok(Self { schema, v1 })
+    }
+
+    /// Whether this is the envelope `envelope_codec` reads and writes in place.
+    pub fn is_v1(&self) -> bool {
+        self.v1
     }
 
     /// The parsed schema.
@@ -111,6 +119,17 @@ impl Envelope {
     /// Encodes a validated event as an Avro body (without the Confluent header).
     pub fn encode(&self, event: &Event) -> Result<Vec<u8>, PipelineError> {
         let enc_err = |message: String| PipelineError::Encode { event_id: event.event_id.clone(), message };
+        if self.v1 {
+            let props = event
+                .event_properties
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| enc_err(e.to_string()))?;
+            let mut out = Vec::with_capacity(256);
+            crate::envelope_codec::encode(event, props.as_deref(), &mut out);
+            return Ok(out);
+        }
         let opt_str = |s: &Option<String>| match s {
             Some(s) => Avro::Union(1, Box::new(Avro::String(s.clone()))),
             None => Avro::Union(0, Box::new(Avro::Null)),

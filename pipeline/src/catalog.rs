@@ -82,10 +82,10 @@ impl Ty {
     }
 
     /// Appends every mismatch between `value` and this type under `path`.
-    fn check(&self, path: &str, value: &Value, errors: &mut Vec<FieldError>) {
+    fn check(&self, path: &Path<'_>, value: &Value, errors: &mut Vec<FieldError>) {
         let wrong = |errors: &mut Vec<FieldError>| {
             errors.push(FieldError::new(
-                path,
+                path.render(),
                 ReasonCode::WrongType,
                 format!("expected {}, got {}", self.describe(), json_kind(value)),
             ));
@@ -94,7 +94,9 @@ impl Ty {
             (Ty::Null, Value::Null) | (Ty::Boolean, Value::Bool(_)) | (Ty::String, Value::String(_)) => {}
             (Ty::Int, Value::Number(n)) => match n.as_i64() {
                 Some(i) if i32::try_from(i).is_ok() => {}
-                Some(_) => errors.push(FieldError::new(path, ReasonCode::InvalidValue, "int out of 32-bit range")),
+                Some(_) => {
+                    errors.push(FieldError::new(path.render(), ReasonCode::InvalidValue, "int out of 32-bit range"))
+                }
                 None => wrong(errors),
             },
             (Ty::Long, Value::Number(n)) => {
@@ -105,7 +107,7 @@ impl Ty {
             (Ty::Float, Value::Number(n)) => {
                 if n.as_f64().is_none_or(|f| !f.is_finite() || f.abs() > MAX_NUMBER) {
                     errors.push(FieldError::new(
-                        path,
+                        path.render(),
                         ReasonCode::ValueOutOfRange,
                         format!("{n} is beyond ±{MAX_NUMBER:e}, the largest amount the stores sum exactly"),
                     ));
@@ -114,7 +116,7 @@ impl Ty {
             (Ty::Enum(symbols), Value::String(s)) => {
                 if !symbols.iter().any(|sym| sym == s) {
                     errors.push(FieldError::new(
-                        path,
+                        path.render(),
                         ReasonCode::InvalidValue,
                         format!("'{s}' is not one of [{}]", symbols.join(", ")),
                     ));
@@ -122,12 +124,12 @@ impl Ty {
             }
             (Ty::Array(item), Value::Array(items)) => {
                 for (i, v) in items.iter().enumerate() {
-                    item.check(&format!("{path}[{i}]"), v, errors);
+                    item.check(&Path::Index(path, i), v, errors);
                 }
             }
             (Ty::Map(inner), Value::Object(obj)) => {
                 for (k, v) in obj {
-                    inner.check(&format!("{path}.{k}"), v, errors);
+                    inner.check(&Path::Field(path, k), v, errors);
                 }
             }
             (Ty::Record(fields), Value::Object(obj)) => check_record(path, fields, obj, errors),
@@ -164,25 +166,45 @@ fn same_kind(ty: &Ty, v: &Value) -> bool {
     )
 }
 
-fn check_record(path: &str, fields: &[FieldTy], obj: &Map<String, Value>, errors: &mut Vec<FieldError>) {
-    let join = |name: &str| {
-        if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") }
-    };
+/// Where a value sits, rendered as `event_properties.items[2].sku` only when
+/// an error names it (checking a valid value builds no string).
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root(&'a str),
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    fn render(&self) -> String {
+        match self {
+            Path::Root(p) => (*p).to_owned(),
+            Path::Field(parent, name) => match parent {
+                Path::Root("") => (*name).to_owned(),
+                _ => format!("{}.{name}", parent.render()),
+            },
+            Path::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
+    }
+}
+
+fn check_record(path: &Path<'_>, fields: &[FieldTy], obj: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     for field in fields {
+        let here = Path::Field(path, &field.name);
         match obj.get(&field.name) {
             None | Some(Value::Null) if field.optional || field.ty.accepts_null() => {}
             None | Some(Value::Null) => errors.push(FieldError::new(
-                join(&field.name),
+                here.render(),
                 ReasonCode::MissingRequiredField,
                 format!("required {} is missing", field.ty.describe()),
             )),
             Some(v) => {
-                field.ty.check(&join(&field.name), v, errors);
+                field.ty.check(&here, v, errors);
                 if let (Some(max), Value::String(s)) = (field.max_len, v)
                     && s.chars().count() > max
                 {
                     errors.push(FieldError::new(
-                        join(&field.name),
+                        here.render(),
                         ReasonCode::ValueTooLong,
                         format!("longer than {max} characters"),
                     ));
@@ -250,7 +272,7 @@ impl EventCatalog {
     /// under `event_properties.<field>`. Unknown types are the caller's concern.
     pub fn check_properties(&self, event_type: &str, properties: &Map<String, Value>, errors: &mut Vec<FieldError>) {
         if let Some(fields) = self.types.get(event_type) {
-            check_record("event_properties", fields, properties, errors);
+            check_record(&Path::Root("event_properties"), fields, properties, errors);
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod avro;
 pub mod catalog;
 pub mod dlq;
+pub mod envelope_codec;
 pub mod error;
 pub mod event;
 pub mod intern;

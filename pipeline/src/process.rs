@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::avro::Envelope;
+use crate::envelope_codec;
 use crate::event::Event;
 use crate::reason::{ReasonCode, Rejection};
 use crate::strict::StrictWalker;
@@ -23,6 +24,9 @@ pub struct Writer {
     schema: Schema,
     walker: StrictWalker,
     readable: Result<(), Rejection>,
+    /// Writer and reader are both the envelope `envelope_codec` implements:
+    /// bodies are read in place, and a valid body is passed on unchanged.
+    in_place: bool,
 }
 
 impl Writer {
@@ -37,7 +41,8 @@ impl Writer {
             Err(e) => return Self::unreadable(format!("writer schema unusable: {e}")),
         };
         let readable = envelope.can_read(&schema);
-        Self { schema, walker, readable }
+        let in_place = envelope.is_v1() && envelope_codec::is_v1(&schema);
+        Self { schema, walker, readable, in_place }
     }
 
     fn unreadable(message: String) -> Self {
@@ -45,6 +50,7 @@ impl Writer {
             schema: Schema::Null,
             walker: StrictWalker::new(&Schema::Null).unwrap_or_else(|_| unreachable!("null schema always walks")),
             readable: Err(Rejection::record(ReasonCode::SchemaMismatch, message)),
+            in_place: false,
         }
     }
 }
@@ -75,6 +81,19 @@ pub enum Outcome {
     Valid(Event),
     /// Rejected, with the event id when it could be read.
     Rejected(Rejection, Option<String>),
+}
+
+/// The Avro body of `payload` when it can go on to `events.valid` unchanged:
+/// written with the envelope itself (so re-encoding the validated event would
+/// give the same bytes). Check the payload with [`process`] first.
+pub fn reusable_body<'a>(payload: &'a [u8], cache: &WriterCache) -> Option<&'a [u8]> {
+    match wire::sniff(payload) {
+        Ok(Encoding::Avro { schema_id, body }) => match cache.get(&schema_id) {
+            Some(Some(w)) if w.in_place => Some(body),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Decodes and validates one payload. Schema ids absent from `cache` are treated
@@ -115,6 +134,15 @@ pub fn process(
             };
             if let Err(r) = &writer.readable {
                 return Outcome::Rejected(r.clone(), None);
+            }
+            if writer.in_place {
+                return match envelope_codec::decode(body) {
+                    Err(r) => Outcome::Rejected(r, None),
+                    Ok(view) => match validator.validate_view(&view, now) {
+                        Ok(event) => Outcome::Valid(event),
+                        Err(r) => Outcome::Rejected(r, Some(view.event_id.to_owned())),
+                    },
+                };
             }
             match envelope.decode_fields(&writer.schema, &writer.walker, body) {
                 Ok((o, errors)) => match Rejection::from_errors(errors) {

@@ -114,13 +114,49 @@ pub struct ConditionError {
     pub message: String,
 }
 
-/// One recent event of the user.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One recent event of the user. In a profile document it is the pair
+/// `["engagement.page_view", 1796058217000]` (type, epoch milliseconds): a
+/// profile keeps up to a hundred of them and writes them at every batch, so
+/// their form is most of an active user's document. The older object form
+/// `{"event_type": ..., "at": "<RFC 3339>"}` is still read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecentEvent {
     /// Its type (shared: a profile keeps many of these).
     pub event_type: Name,
     /// When it happened.
     pub at: DateTime<Utc>,
+}
+
+impl serde::Serialize for RecentEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.event_type)?;
+        t.serialize_element(&self.at.timestamp_millis())?;
+        t.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RecentEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Pair(Name, i64),
+            Object { event_type: Name, at: DateTime<Utc> },
+        }
+        match Form::deserialize(d)? {
+            Form::Object { event_type, at } => Ok(Self { event_type, at }),
+            Form::Pair(event_type, ms) => {
+                use chrono::TimeZone as _;
+                let at = Utc
+                    .timestamp_millis_opt(ms)
+                    .single()
+                    .ok_or_else(|| serde::de::Error::custom(format!("{ms} is not a time in epoch milliseconds")))?;
+                Ok(Self { event_type, at })
+            }
+        }
+    }
 }
 
 /// What a condition is evaluated against.
@@ -415,6 +451,14 @@ mod tests {
     #[test]
     fn memberships_expire_at_the_next_window_edge() -> Result<(), ConditionError> {
         let recent = [RecentEvent { event_type: "user.login".into(), at: at("2026-11-22T10:00:00Z") }];
+        let json = serde_json::to_string(&recent[0]).expect("serialize");
+        assert_eq!(json, r#"["user.login",1795341600000]"#, "a compact pair in profile documents");
+        let old: RecentEvent =
+            serde_json::from_str(r#"{"event_type":"user.login","at":"2026-11-22T10:00:00Z"}"#).expect("old form");
+        assert_eq!(
+            (serde_json::from_str::<RecentEvent>(&json).expect("pair"), old),
+            (recent[0].clone(), recent[0].clone())
+        );
         let d = doc();
         let ctx = Context { doc: &d, recent: &recent, now: at("2026-11-23T10:00:00Z") };
         let c = Condition::parse(

@@ -10,6 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 use crate::catalog::{EventCatalog, json_kind};
+use crate::envelope_codec::{self, DEVICE_FIELDS, EnvelopeView, LOCATION_FIELDS};
 use crate::event::{DeviceInfo, Event, EventType, Location};
 use crate::reason::{FieldError, ReasonCode, Rejection};
 
@@ -91,7 +92,7 @@ impl Validator {
         let event_type = self.event_type(obj, &mut errors);
         let timestamp = self.timestamp(obj, now, &mut errors);
         let session_id = required_id(obj, "session_id", max, &mut errors);
-        let event_properties = self.properties(obj, event_type.as_ref(), &mut errors);
+        let event_properties = self.properties(obj.get("event_properties"), event_type.as_ref(), &mut errors);
         let device_info = optional_struct::<DeviceInfo>(obj, "device_info", &mut errors);
         let location = optional_struct::<Location>(obj, "location", &mut errors);
         let referrer = optional_string(obj, "referrer", 2048, &mut errors);
@@ -127,8 +128,83 @@ impl Validator {
         }
     }
 
+    /// Validates an envelope read in place ([`envelope_codec::decode`]) with the
+    /// rules, messages and error order of [`Validator::validate_object`]; its
+    /// fields cannot have wrong types, so only their values are checked.
+    pub fn validate_view(&self, v: &EnvelopeView<'_>, now: DateTime<Utc>) -> Result<Event, Rejection> {
+        // Properties that are not JSON text are reported alone, as the generic
+        // decoder does.
+        let props: Option<Value> = match v.event_properties.map(serde_json::from_str::<Value>).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                let error = FieldError::new(
+                    "event_properties",
+                    ReasonCode::InvalidJson,
+                    format!("event_properties is not JSON text: {e}"),
+                );
+                return Err(Rejection::from_errors(vec![error]).unwrap_or_else(|| unreachable!("one error")));
+            }
+        };
+        let mut errors = Vec::new();
+        let max = self.limits.max_id_len;
+        let event_id = checked_id("event_id", v.event_id, max, &mut errors);
+        let user_id = checked_id("user_id", v.user_id, max, &mut errors);
+        let event_type = if text_ok("event_type", v.event_type, &mut errors) {
+            self.event_type_of(v.event_type, &mut errors)
+        } else {
+            None
+        };
+        let timestamp = match envelope_codec::timestamp(v.timestamp_ms) {
+            Some(ts) => self.in_range(ts, now, &mut errors),
+            None => {
+                errors.push(FieldError::new(
+                    "timestamp",
+                    ReasonCode::InvalidTimestamp,
+                    format!("{} is not an integer number of epoch milliseconds", v.timestamp_ms),
+                ));
+                None
+            }
+        };
+        let session_id = checked_id("session_id", v.session_id, max, &mut errors);
+        let event_properties = self.properties(props.as_ref(), event_type.as_ref(), &mut errors);
+        let device_info = v.device_info.map(|m| {
+            let [device_type, os, os_version, browser, app_version] =
+                members("device_info", &DEVICE_FIELDS, m, &mut errors);
+            DeviceInfo { device_type, os, os_version, browser, app_version }
+        });
+        let location = v.location.map(|m| {
+            let [country, region, city, timezone] = members("location", &LOCATION_FIELDS, m, &mut errors);
+            Location { country, region, city, timezone }
+        });
+        let referrer = v.referrer.and_then(|r| checked_optional("referrer", r, 2048, &mut errors));
+        if let Some(p) = &props {
+            storable("event_properties", p, self.limits.max_string_len, &mut errors);
+        }
+        if let Some(rejection) = Rejection::from_errors(errors) {
+            return Err(rejection);
+        }
+        match (event_id, user_id, event_type, timestamp, session_id) {
+            (Some(event_id), Some(user_id), Some(event_type), Some(timestamp), Some(session_id)) => Ok(Event {
+                event_id,
+                user_id,
+                event_type,
+                timestamp,
+                session_id,
+                event_properties,
+                device_info,
+                location,
+                referrer,
+            }),
+            _ => Err(Rejection::record(ReasonCode::MissingRequiredField, "required field missing")),
+        }
+    }
+
     fn event_type(&self, obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<EventType> {
         let raw = required_string(obj, "event_type", errors)?;
+        self.event_type_of(raw, errors)
+    }
+
+    fn event_type_of(&self, raw: &str, errors: &mut Vec<FieldError>) -> Option<EventType> {
         match EventType::parse(raw) {
             Err(msg) => {
                 errors.push(FieldError::new("event_type", ReasonCode::InvalidEventType, msg));
@@ -168,7 +244,7 @@ impl Validator {
                     return None;
                 }
             },
-            Some(Value::Number(n)) => match n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()) {
+            Some(Value::Number(n)) => match n.as_i64().and_then(envelope_codec::timestamp) {
                 Some(t) => t,
                 None => {
                     errors.push(FieldError::new(
@@ -184,6 +260,11 @@ impl Validator {
                 return None;
             }
         };
+        self.in_range(ts, now, errors)
+    }
+
+    /// `ts` at millisecond precision when it lies within the limits around `now`.
+    fn in_range(&self, ts: DateTime<Utc>, now: DateTime<Utc>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
         let skew = chrono::Duration::from_std(self.limits.max_future_skew).unwrap_or(chrono::Duration::MAX);
         let age = chrono::Duration::from_std(self.limits.max_age).unwrap_or(chrono::Duration::MAX);
         if ts > now + skew {
@@ -208,11 +289,11 @@ impl Validator {
 
     fn properties(
         &self,
-        obj: &Map<String, Value>,
+        value: Option<&Value>,
         event_type: Option<&EventType>,
         errors: &mut Vec<FieldError>,
     ) -> Option<Map<String, Value>> {
-        match obj.get("event_properties") {
+        match value {
             None | Some(Value::Null) => {
                 if let Some(t) = event_type
                     && self.catalog.requires_properties(t.as_str())
@@ -246,6 +327,30 @@ fn nul(field: &str) -> FieldError {
     )
 }
 
+/// Whether [`storable`] finds nothing under `v`.
+fn is_storable(v: &Value, max_len: usize) -> bool {
+    let ok = |s: &str| s.len() <= max_len && !s.contains('\0');
+    match v {
+        Value::String(s) => ok(s),
+        Value::Array(items) => items.iter().all(|i| is_storable(i, max_len)),
+        Value::Object(o) => o.iter().all(|(k, i)| ok(k) && is_storable(i, max_len)),
+        _ => true,
+    }
+}
+
+/// One string of [`storable`]: no NUL, at most `max_len` bytes.
+fn storable_str(path: &str, s: &str, max_len: usize, errors: &mut Vec<FieldError>) {
+    if s.contains('\0') {
+        errors.push(nul(path));
+    } else if s.len() > max_len {
+        errors.push(FieldError::new(
+            path,
+            ReasonCode::ValueTooLong,
+            format!("{} bytes, longer than {max_len}", s.len()),
+        ));
+    }
+}
+
 /// Every string under `path` (object keys included) that the stores cannot
 /// hold: a NUL character, or more than `max_len` bytes. For documents other
 /// than events (API bodies) that end up in PostgreSQL.
@@ -257,15 +362,14 @@ pub fn unstorable(path: &str, v: &Value, max_len: usize) -> Vec<FieldError> {
 
 /// Checks that every string (keys included) under `path` can be stored: no
 /// NUL character, at most `max_len` bytes. Lone surrogates never get this far:
-/// JSON parsing and Avro's UTF-8 check refuse them.
+/// JSON parsing and Avro's UTF-8 check refuse them. Paths are only built for
+/// values that fail (nearly all pass: the common case allocates nothing).
 fn storable(path: &str, v: &Value, max_len: usize, errors: &mut Vec<FieldError>) {
+    if is_storable(v, max_len) {
+        return;
+    }
     match v {
-        Value::String(s) if s.contains('\0') => errors.push(nul(path)),
-        Value::String(s) if s.len() > max_len => errors.push(FieldError::new(
-            path,
-            ReasonCode::ValueTooLong,
-            format!("{} bytes, longer than {max_len}", s.len()),
-        )),
+        Value::String(s) => storable_str(path, s, max_len, errors),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 storable(&format!("{path}[{i}]"), item, max_len, errors);
@@ -305,15 +409,7 @@ fn required_string<'a>(obj: &'a Map<String, Value>, field: &str, errors: &mut Ve
             errors.push(missing(field, "string"));
             None
         }
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            errors.push(FieldError::new(field, ReasonCode::InvalidValue, "must not be empty"));
-            None
-        }
-        Some(Value::String(s)) if s.contains('\0') => {
-            errors.push(nul(field));
-            None
-        }
-        Some(Value::String(s)) => Some(s),
+        Some(Value::String(s)) => text_ok(field, s, errors).then_some(s.as_str()),
         Some(other) => {
             errors.push(wrong_type(field, "string", other));
             None
@@ -321,13 +417,69 @@ fn required_string<'a>(obj: &'a Map<String, Value>, field: &str, errors: &mut Ve
     }
 }
 
+/// A required text field: not empty, no NUL.
+fn text_ok(field: &str, s: &str, errors: &mut Vec<FieldError>) -> bool {
+    if s.trim().is_empty() {
+        errors.push(FieldError::new(field, ReasonCode::InvalidValue, "must not be empty"));
+        false
+    } else if s.contains('\0') {
+        errors.push(nul(field));
+        false
+    } else {
+        true
+    }
+}
+
 fn required_id(obj: &Map<String, Value>, field: &str, max_len: usize, errors: &mut Vec<FieldError>) -> Option<String> {
     let s = required_string(obj, field, errors)?;
+    id_len_ok(field, s, max_len, errors).then(|| s.to_owned())
+}
+
+/// An id of the envelope: [`text_ok`] and at most `max_len` bytes.
+fn checked_id(field: &str, s: &str, max_len: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+    (text_ok(field, s, errors) && id_len_ok(field, s, max_len, errors)).then(|| s.to_owned())
+}
+
+fn id_len_ok(field: &str, s: &str, max_len: usize, errors: &mut Vec<FieldError>) -> bool {
     if s.len() > max_len {
         errors.push(FieldError::new(field, ReasonCode::InvalidValue, format!("longer than {max_len} bytes")));
-        return None;
+        return false;
     }
-    Some(s.to_owned())
+    true
+}
+
+/// An optional text field present as `s`: at most `max_len` bytes, no NUL.
+fn checked_optional(field: &str, s: &str, max_len: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+    if s.len() > max_len {
+        errors.push(FieldError::new(field, ReasonCode::InvalidValue, format!("longer than {max_len} bytes")));
+        None
+    } else if s.contains('\0') {
+        errors.push(nul(field));
+        None
+    } else {
+        Some(s.to_owned())
+    }
+}
+
+/// The members of a `device_info` or `location` read in place, checked like
+/// [`storable`] checks them in a JSON object.
+fn members<const N: usize>(
+    field: &str,
+    names: &[&str; N],
+    values: [Option<&str>; N],
+    errors: &mut Vec<FieldError>,
+) -> [Option<String>; N] {
+    let mut i = 0;
+    values.map(|v| {
+        let name = names[i];
+        i += 1;
+        let s = v?;
+        if s.len() <= MAX_MEMBER_LEN && !s.contains('\0') {
+            return Some(s.to_owned());
+        }
+        storable_str(&format!("{field}.{name}"), s, MAX_MEMBER_LEN, errors);
+        None
+    })
 }
 
 fn optional_string(
@@ -338,15 +490,7 @@ fn optional_string(
 ) -> Option<String> {
     match obj.get(field) {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() > max_len => {
-            errors.push(FieldError::new(field, ReasonCode::InvalidValue, format!("longer than {max_len} bytes")));
-            None
-        }
-        Some(Value::String(s)) if s.contains('\0') => {
-            errors.push(nul(field));
-            None
-        }
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => checked_optional(field, s, max_len, errors),
         Some(other) => {
             errors.push(wrong_type(field, "string", other));
             None

@@ -9,7 +9,9 @@ use lifecycle_benches::harness::{self, Options, report};
 use lifecycle_jobs::LifecycleConfig;
 
 #[derive(Parser)]
-#[command(about = "Throughput, latency and memory of the pipeline against raw consume and a Python peer")]
+#[command(
+    about = "Throughput, latency and memory of the pipeline against raw consume, a Python peer and a Kafka Streams peer"
+)]
 struct Cli {
     /// Configuration of the stack to run against (default: the local stack).
     #[arg(long, env = "LIFECYCLE_CONFIG")]
@@ -29,8 +31,8 @@ struct Cli {
     /// The memory run: only the whole pipeline, sampling resident memory.
     #[arg(long)]
     soak: bool,
-    /// Only these measurements, comma-separated (raw, kcat, peer, validate, profile,
-    /// analytics, pipeline, latency); the results file is not written then.
+    /// Only these measurements, comma-separated (raw, kcat, peer, streams, validate,
+    /// profile, analytics, pipeline, latency); the results file is not written then.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Replace the results section of this Markdown file (e.g. benches/README.md).
@@ -119,6 +121,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         lifecycle: lifecycle_binary(&me)?,
         python: lifecycle_jobs::stack::python::python(&cfg.stack),
         peer: root.join("peer/peer.py"),
+        streams_peer: root.join("streams-peer"),
+        maven_repo: cfg.stack.cache_dir.join("m2"),
         me,
     };
     if !opts.soak && !opts.python.is_file() {

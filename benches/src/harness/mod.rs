@@ -1,10 +1,13 @@
 //! `lifecycle-bench`: one run that loads a realistic workload into Kafka and
 //! measures, on the same machine and topic, the ceiling (raw consume with
-//! rdkafka and with kcat), each stage alone, the whole pipeline, a Python peer,
-//! and produce -> profile-visible latency at a fixed offered rate.
+//! rdkafka and with kcat), each stage alone, the whole pipeline, two peers (a
+//! Python one and a Kafka Streams one), and produce -> profile-visible latency
+//! at a fixed offered rate.
 //!
 //! Every measured program is a separate process (`lifecycle run <stage>`, the
-//! raw consumer, kcat, the peer), so CPU time and peak RSS belong to it alone.
+//! raw consumer, kcat, the peers), so CPU time and peak RSS belong to it alone;
+//! the CPU the broker, PostgreSQL and ClickHouse spend meanwhile is reported
+//! apart from it.
 
 pub mod latency;
 pub mod proc;
@@ -41,8 +44,8 @@ pub struct Options {
     pub latency_secs: u64,
     /// Only the whole pipeline, sampling RSS (the memory run).
     pub soak: bool,
-    /// Only these measurements (empty: all): raw, kcat, peer, validate, profile,
-    /// analytics, pipeline, latency. profile and analytics also run validate.
+    /// Only these measurements (empty: all): raw, kcat, peer, streams, validate,
+    /// profile, analytics, pipeline, latency. profile and analytics also run validate.
     pub only: Vec<String>,
     /// Markdown file whose results section is replaced.
     pub write: Option<PathBuf>,
@@ -54,6 +57,10 @@ pub struct Options {
     pub python: PathBuf,
     /// The peer script.
     pub peer: PathBuf,
+    /// The Kafka Streams peer's Maven project (built on first use).
+    pub streams_peer: PathBuf,
+    /// Maven's local repository (shared with the stack's cache).
+    pub maven_repo: PathBuf,
 }
 
 impl Options {
@@ -76,8 +83,9 @@ pub struct Row {
     pub usage: Usage,
     /// RSS over time (summed over the row's processes, by sample index).
     pub rss: Vec<RssSample>,
-    /// CPU time the broker (Apache Kafka) spent during the measurement.
-    pub broker_cpu: Option<Duration>,
+    /// CPU time the services spent during the measurement: (`kafka`,
+    /// `postgres`, `clickhouse`), each when its process is known.
+    pub services_cpu: Vec<(&'static str, Duration)>,
     /// Why a fed run ended before all its events were done (`events` then counts
     /// those done).
     pub stalled: Option<String>,
@@ -86,7 +94,7 @@ pub struct Row {
 impl Row {
     /// A row of one process, without memory samples.
     pub fn new(name: &str, events: usize, wall: Duration, usage: Usage) -> Self {
-        Self { name: name.to_owned(), events, wall, usage, rss: Vec::new(), broker_cpu: None, stalled: None }
+        Self { name: name.to_owned(), events, wall, usage, rss: Vec::new(), services_cpu: Vec::new(), stalled: None }
     }
 
     /// Events per second.
@@ -99,9 +107,10 @@ impl Row {
         self.usage.cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64
     }
 
-    /// Broker CPU seconds per million events.
-    pub fn broker_cpu_per_million(&self) -> Option<f64> {
-        self.broker_cpu.map(|c| c.as_secs_f64() * 1e6 / self.events.max(1) as f64)
+    /// CPU seconds per million events of service `name` (`kafka`, `postgres`, `clickhouse`).
+    pub fn service_cpu_per_million(&self, name: &str) -> Option<f64> {
+        let (_, cpu) = self.services_cpu.iter().find(|(n, _)| *n == name)?;
+        Some(cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64)
     }
 }
 
@@ -195,7 +204,7 @@ impl Env {
         Ok(path)
     }
 
-    /// Drops the databases this environment made.
+    /// Drops the databases and deletes the topics this environment made.
     pub async fn clean(&self, base: &LifecycleConfig) {
         if let Ok(server) = lifecycle_connectors::postgres::connect(&base.postgres).await {
             for db in &self.databases {
@@ -206,11 +215,8 @@ impl Env {
         for db in &self.databases {
             let _ = http.post(&base.clickhouse.url).body(format!("DROP DATABASE IF EXISTS {db}")).send().await;
         }
-        if let Ok(admin) =
-            base.kafka.admin().create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>()
-        {
-            let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-            let _ = admin.delete_topics(&names, &rdkafka::admin::AdminOptions::new()).await;
+        if let Err(e) = lifecycle_connectors::kafka::admin::delete_topics(&base.kafka, &self.topics).await {
+            println!("deleting the run's topics failed: {e}");
         }
     }
 }
@@ -329,7 +335,10 @@ pub fn start_stages(opts: &Options, env: &Env, run: &str, stages: &[Stage]) -> R
         .iter()
         .map(|s| {
             let mut cmd = Command::new(&opts.lifecycle);
-            cmd.arg("--config").arg(&config).args(["run", s.name()]).env("RUST_LOG", "warn");
+            cmd.arg("--config")
+                .arg(&config)
+                .args(["run", s.name()])
+                .env("RUST_LOG", std::env::var("BENCH_STAGE_LOG").unwrap_or_else(|_| "warn".into()));
             Proc::spawn(s.name(), &mut cmd, Stdio::null(), &env.dir.join(format!("{run}-{}.log", s.name())))
         })
         .collect()
@@ -392,7 +401,7 @@ pub fn measure_stages(
             }
         }
     }
-    Ok(Row { name: run.to_owned(), events, wall, usage, rss, broker_cpu: None, stalled })
+    Ok(Row { name: run.to_owned(), events, wall, usage, rss, services_cpu: Vec::new(), stalled })
 }
 
 /// The rdkafka raw consumer (this binary's `raw-consume`): reads `events` records, does nothing.
@@ -440,6 +449,42 @@ pub fn measure_peer(opts: &Options, env: &Env, topic: &str, events: usize) -> Re
     measure_reporting("Python peer (confluent-kafka + fastavro)", &mut cmd, &env.dir.join("peer.log"), events)
 }
 
+/// The Kafka Streams peer's jar, built with Maven unless it is there.
+fn streams_peer_jar(opts: &Options) -> Result<PathBuf, String> {
+    let jar = opts.streams_peer.join("target/streams-peer.jar");
+    if jar.is_file() {
+        return Ok(jar);
+    }
+    println!("building the Kafka Streams peer (mvn package in {})...", opts.streams_peer.display());
+    let out = Command::new("mvn")
+        .args(["-B", "-q", "package"])
+        .arg(format!("-Dmaven.repo.local={}", opts.maven_repo.display()))
+        .current_dir(&opts.streams_peer)
+        .output()
+        .map_err(|e| format!("mvn: {e}"))?;
+    if !out.status.success() || !jar.is_file() {
+        return Err(format!("building the Kafka Streams peer failed: {}", String::from_utf8_lossy(&out.stdout)));
+    }
+    Ok(jar)
+}
+
+/// The Kafka Streams peer (Java 17, kafka-streams 4.4, exactly_once_v2, RocksDB) on the topic.
+pub fn measure_streams_peer(opts: &Options, env: &Env, topic: &str, events: usize) -> Result<Row, String> {
+    let jar = streams_peer_jar(opts)?;
+    let state = env.dir.join("streams-state");
+    std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("java");
+    cmd.args(["-Xms512m", "-Xmx1g", "-jar"])
+        .arg(&jar)
+        .args([&env.cfg.kafka.bootstrap_servers, topic, &events.to_string()])
+        .arg(env.cfg.schemas_dir())
+        .arg(&state);
+    measure_reporting(STREAMS_PEER, &mut cmd, &env.dir.join("streams-peer.log"), events)
+}
+
+/// The Kafka Streams peer's row name.
+pub const STREAMS_PEER: &str = "Kafka Streams peer (exactly_once_v2, RocksDB)";
+
 /// The raw consumer itself: prints `{"elapsed_s": first record to last}` of [`consume_and_drop`].
 pub fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> Result<(), String> {
     let kafka = KafkaConfig { bootstrap_servers: bootstrap.to_owned(), ..Default::default() };
@@ -478,6 +523,22 @@ pub fn consume_and_drop(kafka: &KafkaConfig, topic: &str, count: usize) -> Resul
     Ok(first.map_or(Duration::ZERO, |f: Instant| f.elapsed()))
 }
 
+/// The pids of the stack's services: Kafka and ClickHouse from their pid files,
+/// PostgreSQL's postmaster from its data directory.
+fn service_pids(cfg: &LifecycleConfig) -> Vec<(&'static str, u32)> {
+    let read =
+        |path: PathBuf| std::fs::read_to_string(path).ok().and_then(|t| t.lines().next()?.trim().parse::<u32>().ok());
+    let d = &cfg.stack.data_dir;
+    [
+        ("kafka", read(d.join("run/kafka.pid"))),
+        ("postgres", read(d.join("postgres/postmaster.pid"))),
+        ("clickhouse", read(d.join("run/clickhouse.pid"))),
+    ]
+    .into_iter()
+    .filter_map(|(name, pid)| Some((name, pid?)))
+    .collect()
+}
+
 /// The whole run: see the module docs.
 pub async fn run(opts: &Options, base: &LifecycleConfig) -> Result<Results, String> {
     let root = base.stack.data_dir.join("bench");
@@ -502,27 +563,35 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
     let n = opts.events;
     let show = |r: &Row| {
         println!(
-            "  {:<44} {:>9.0} events/s {:>7.1} CPU s/M events {:>6.0} MiB peak {:>7.1} broker CPU s/M",
+            "  {:<50} {:>9.0} events/s {:>7.1} CPU s/M events {:>6.0} MiB peak; kafka {:.1}, postgres {:.1}, clickhouse {:.1} CPU s/M",
             r.name,
             r.rate(),
             r.cpu_per_million(),
             r.usage.peak_rss_kib as f64 / 1024.0,
-            r.broker_cpu_per_million().unwrap_or(0.0)
+            r.service_cpu_per_million("kafka").unwrap_or(0.0),
+            r.service_cpu_per_million("postgres").unwrap_or(0.0),
+            r.service_cpu_per_million("clickhouse").unwrap_or(0.0)
         );
     };
     let push = |res: &mut Results, r: Row| {
         show(&r);
         res.rows.push(r);
     };
-    // Each measurement also notes the broker's CPU time while it ran.
-    let broker = std::fs::read_to_string(env.cfg.stack.data_dir.join("run/kafka.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok());
+    // Each measurement also notes the services' CPU time while it ran.
+    let services = service_pids(&env.cfg);
+    let services_cpu = || -> Vec<(&'static str, Option<Duration>)> {
+        services.iter().map(|&(name, pid)| (name, proc::tree_cpu_of(pid))).collect()
+    };
     let blocking = |f: &dyn Fn() -> Result<Row, String>| {
-        let before = broker.and_then(proc::cpu_of);
+        let before = services_cpu();
         let mut row = tokio::task::block_in_place(f)?;
-        if let (Some(b), Some(a)) = (before, broker.and_then(proc::cpu_of)) {
-            row.broker_cpu = Some(a.saturating_sub(b));
+        // The stages' database connections end when the stages stop; their
+        // backends' CPU reaches the postmaster's account once they are reaped.
+        std::thread::sleep(Duration::from_secs(1));
+        for ((name, b), (_, a)) in before.into_iter().zip(services_cpu()) {
+            if let (Some(b), Some(a)) = (b, a) {
+                row.services_cpu.push((name, a.saturating_sub(b)));
+            }
         }
         Ok::<Row, String>(row)
     };
@@ -554,6 +623,9 @@ async fn run_in(opts: &Options, env: &mut Env) -> Result<Results, String> {
     }
     if opts.wants("peer") {
         push(&mut res, blocking(&|| measure_peer(opts, env, &raw_topic, n))?);
+    }
+    if opts.wants("streams") {
+        push(&mut res, blocking(&|| measure_streams_peer(opts, env, &raw_topic, n))?);
     }
 
     // Each stage alone: validate writes a topic of its own, which profile and

@@ -57,6 +57,38 @@ pub fn cpu_of(pid: u32) -> Option<Duration> {
     stat(pid).map(|(_, cpu)| cpu)
 }
 
+/// CPU time used so far by a server and every process it started: its own,
+/// that of its children now alive, and that of children that exited (which
+/// the kernel adds to the parent's `cutime`/`cstime` once reaped). PostgreSQL
+/// runs one backend process per connection, so its postmaster alone says little.
+pub fn tree_cpu_of(pid: u32) -> Option<Duration> {
+    let (_, own) = stat(pid)?;
+    let reaped = children_cpu(pid).unwrap_or_default();
+    let mut live = Duration::ZERO;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if parent_of(child) == Some(pid) {
+            live += tree_cpu_of(child).unwrap_or_default();
+        }
+    }
+    Some(own + reaped + live)
+}
+
+/// The parent pid from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `cutime + cstime`: CPU of the process's children that exited and were reaped.
+fn children_cpu(pid: u32) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: f64 = f.get(13)?.parse::<f64>().ok()? + f.get(14)?.parse::<f64>().ok()?;
+    thread_local!(static TCK: f64 = clock_ticks_per_second());
+    Some(Duration::from_secs_f64(ticks / TCK.with(|t| *t)))
+}
+
 /// `(state, utime + stime)` from `/proc/<pid>/stat`.
 fn stat(pid: u32) -> Option<(char, Duration)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

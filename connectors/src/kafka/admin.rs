@@ -61,3 +61,24 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<Vec
     }
     Ok(out)
 }
+
+/// Deletes `names` (each once: a repeated name makes librdkafka answer with
+/// fewer results than requested, which the rdkafka crate does not survive).
+/// Topics that do not exist are not an error.
+pub async fn delete_topics(cfg: &KafkaConfig, names: &[String]) -> Result<(), KafkaError> {
+    let mut unique: Vec<&str> = names.iter().map(String::as_str).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = cfg.admin().create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.delete_topics(&unique, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => tracing::warn!(topic = %name, %code, "delete topic failed"),
+        }
+    }
+    Ok(())
+}

@@ -6,7 +6,8 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::KafkaConfig;
 
@@ -84,7 +85,11 @@ pub enum TxError {
 /// committed in one Kafka transaction, so `read_committed` readers see every
 /// input's output exactly once, whatever crashes in between.
 pub struct TxSink {
-    producer: FutureProducer,
+    /// Records are handed to librdkafka without a future each, and nothing
+    /// polls in the background: the commit serves the delivery reports, waits
+    /// for every delivery and fails the transaction if one failed. (A polling
+    /// thread made every commit wait about 100 ms, its poll interval.)
+    producer: BaseProducer,
     id: String,
 }
 
@@ -96,7 +101,7 @@ impl TxSink {
     /// which aborts any transaction a previous producer with that id left open
     /// and fences that producer out.
     pub fn new(cfg: &KafkaConfig, transactional_id: &str) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = cfg.transactional_producer(transactional_id).create()?;
+        let producer: BaseProducer = cfg.transactional_producer(transactional_id).create()?;
         tokio::task::block_in_place(|| producer.init_transactions(TX_TIMEOUT))?;
         Ok(Self { producer, id: transactional_id.to_owned() })
     }
@@ -118,13 +123,13 @@ impl TxSink {
             KafkaError::Transaction(t) if t.is_fatal() => TxError::Fatal(e),
             _ => TxError::Aborted(e),
         };
-        tokio::task::block_in_place(|| self.producer.begin_transaction()).map_err(classify)?;
-        let produced = send_all(&self.producer, records).await;
-        let committed = produced.and_then(|()| {
-            tokio::task::block_in_place(|| {
-                self.producer.send_offsets_to_transaction(offsets, group, TX_TIMEOUT)?;
-                self.commit_retrying()
-            })
+        let committed = tokio::task::block_in_place(|| {
+            self.producer.begin_transaction()?;
+            for r in records {
+                self.enqueue(r)?;
+            }
+            self.producer.send_offsets_to_transaction(offsets, group, TX_TIMEOUT)?;
+            self.commit_retrying()
         });
         match committed {
             Ok(()) => Ok(()),
@@ -140,9 +145,39 @@ impl TxSink {
         }
     }
 
+    /// Hands one record to librdkafka, waiting while its queue is full.
+    fn enqueue(&self, r: &OutRecord) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+        }
+        let mut rec = BaseRecord::<[u8], [u8]>::to(&r.topic).payload(&r.payload).headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
     /// Commits, retrying a commit librdkafka says may be retried (a timeout
     /// while the outcome is still pending).
     fn commit_retrying(&self) -> Result<(), KafkaError> {
+        // Workaround: rdkafka 0.39's BaseProducer::poll serves events until its
+        // whole timeout has passed, and the flush inside commit_transaction polls
+        // for 100 ms at a time, so every commit took at least 100 ms. Serving the
+        // delivery reports in 1 ms polls first leaves that flush nothing to wait for.
+        let deadline = std::time::Instant::now() + TX_TIMEOUT;
+        while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
         let mut attempts = 0;
         loop {
             match self.producer.commit_transaction(TX_TIMEOUT) {

@@ -1,6 +1,7 @@
 //! A consumer that hands out batches and commits explicit offsets.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use super::config::KafkaConfig;
 /// One consumed record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawRecord {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared by the batch's records of one topic).
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
     /// Offset.
@@ -113,13 +114,14 @@ impl BatchSource {
             Err(_) => return Ok(batch),
             Ok(first) => first?,
         };
-        batch.push(owned(&first));
+        let mut topics = Topics::default();
+        batch.push(owned(&first, &mut topics));
         drop(first);
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(Ok(m)) => batch.push(owned(&m)),
+                Ok(Ok(m)) => batch.push(owned(&m, &mut topics)),
                 Ok(Err(e)) => {
                     if batch.is_empty() {
                         return Err(e);
@@ -137,7 +139,7 @@ impl BatchSource {
     pub fn next_offsets(batch: &[RawRecord]) -> Result<TopicPartitionList, KafkaError> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
-            let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
+            let e = next.entry((&*r.topic, r.partition)).or_insert(r.offset + 1);
             *e = (*e).max(r.offset + 1);
         }
         let mut tpl = TopicPartitionList::with_capacity(next.len());
@@ -239,9 +241,24 @@ impl BatchSource {
     }
 }
 
-fn owned<M: Message>(m: &M) -> RawRecord {
+/// The topic names of a batch, one allocation each.
+#[derive(Default)]
+struct Topics(Vec<Arc<str>>);
+
+impl Topics {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.0.iter().find(|t| ***t == *name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        self.0.push(t.clone());
+        t
+    }
+}
+
+fn owned<M: Message>(m: &M, topics: &mut Topics) -> RawRecord {
     RawRecord {
-        topic: m.topic().to_owned(),
+        topic: topics.get(m.topic()),
         partition: m.partition(),
         offset: m.offset(),
         key: m.key().map(<[u8]>::to_vec),

@@ -70,7 +70,7 @@ async fn upsert_profiles(
     }
     sqlx::query(
         "INSERT INTO users (id, external_id, current_lifecycle_stage, account_status, profile, created_at, updated_at) \
-         SELECT id, ext, stage, status, doc::jsonb, created, now() \
+         SELECT id, ext, stage, status, doc::json, created, now() \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
            AS v(id, ext, stage, status, doc, created) \
          ON CONFLICT (id) DO UPDATE SET current_lifecycle_stage = EXCLUDED.current_lifecycle_stage, \

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::proc::{log_file, pid_file, port_open, running_pid, spawn_detached, stop_within, tail};
+use super::proc::{ensure_tool, log_file, pid_file, port_open, running_pid, spawn_detached, stop_within, tail};
 use super::{ServiceStatus, StackConfig, StackError, err, wait_for};
 
 /// The pom listing the broker and its slf4j binding (`@KAFKA_VERSION@` filled in).
@@ -17,17 +17,6 @@ fn libs_dir(s: &StackConfig) -> PathBuf {
     s.cache_dir.join(format!("kafka-{}", s.kafka_version)).join("libs")
 }
 
-/// Installs `tool` (a Debian package) when it is not on PATH.
-fn ensure_tool(tool: &str, package: &str) -> Result<(), StackError> {
-    if Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success()) {
-        return Ok(());
-    }
-    println!("kafka: `{tool}` missing, installing the Debian package {package}...");
-    let script = format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}");
-    let ok = Command::new("sh").args(["-c", &script]).status().is_ok_and(|s| s.success());
-    if ok { Ok(()) } else { Err(err("kafka", format!("`{tool}` is missing and `apt-get install {package}` failed"))) }
-}
-
 /// Fetches the broker's jars with Maven unless they are cached; returns the folder.
 fn install(s: &StackConfig) -> Result<PathBuf, StackError> {
     let libs = libs_dir(s);
@@ -35,8 +24,8 @@ fn install(s: &StackConfig) -> Result<PathBuf, StackError> {
     if done.is_file() {
         return Ok(libs);
     }
-    ensure_tool("java", "openjdk-17-jre-headless")?;
-    ensure_tool("mvn", "maven")?;
+    ensure_tool("kafka", "java", "openjdk-17-jre-headless")?;
+    ensure_tool("kafka", "mvn", "maven")?;
     let root = libs.parent().unwrap_or(&s.cache_dir).to_path_buf();
     std::fs::create_dir_all(&root).map_err(|e| err("kafka", e.to_string()))?;
     let pom = root.join("pom.xml");
@@ -126,7 +115,11 @@ impl Node {
              transaction.state.log.min.isr=1\n\
              share.coordinator.state.topic.replication.factor=1\n\
              share.coordinator.state.topic.min.isr=1\n\
-             group.initial.rebalance.delay.ms=0\n",
+             group.initial.rebalance.delay.ms=0\n\
+             # Abort transactions of producers that died within a second of their\n\
+             # timeout (default: checked every 10 s), so read_committed readers\n\
+             # wait at most about kafka.transaction_timeout_ms behind a crashed stage.\n\
+             transaction.abort.timed.out.transaction.cleanup.interval.ms=1000\n",
             data = data.display()
         )
     }

@@ -96,6 +96,8 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
     registry::up(cfg).await?;
     crate::setup::topics_and_schemas(cfg).await.map_err(|e| err("setup", e))?;
     python::up(s)?;
+    // Third-party clients the tests and benchmarks run against the broker.
+    proc::ensure_tool("tools", "kcat", "kcat")?;
     Ok(())
 }
 

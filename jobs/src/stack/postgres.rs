@@ -102,8 +102,13 @@ pub(super) async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
                 .map_err(|e| err("postgres", e.to_string()))?;
             Command::new("chown").args(["postgres:postgres"]).arg(&log).status().ok();
         }
+        // wal_level=logical and the slots and senders: the CDC connector streams
+        // changes over logical replication. pg_stat_statements: what each
+        // statement costs, for operators and benchmarks.
         let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=200 -c shared_buffers=256MB",
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=200 \
+             -c shared_buffers=256MB -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 \
+             -c shared_preload_libraries=pg_stat_statements",
             dir.display()
         );
         let out = pg_command(&bin, "pg_ctl")
@@ -143,6 +148,9 @@ async fn ensure_databases(port: u16) -> Result<(), StackError> {
             .await
             .map_err(|e| err("postgres", e.to_string()))?;
     }
+    // Statement statistics, readable from any database (the server was started
+    // with the library preloaded; a server started otherwise lacks it).
+    let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&mut conn).await;
     for db in ["lifecycle", "schema_registry"] {
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
             .bind(db)

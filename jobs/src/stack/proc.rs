@@ -87,3 +87,14 @@ pub(crate) async fn port_open(port: u16) -> bool {
         .await
         .is_ok_and(|r| r.is_ok())
 }
+
+/// Installs `tool` from the Debian package `package` when it is not on PATH.
+pub(crate) fn ensure_tool(service: &'static str, tool: &str, package: &str) -> Result<(), StackError> {
+    if Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    println!("{service}: `{tool}` missing, installing the Debian package {package}...");
+    let script = format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}");
+    let ok = Command::new("sh").args(["-c", &script]).status().is_ok_and(|s| s.success());
+    if ok { Ok(()) } else { Err(err(service, format!("`{tool}` is missing and `apt-get install {package}` failed"))) }
+}

@@ -124,7 +124,7 @@ pub(crate) fn dead_letter_record(
 ) -> lifecycle_connectors::kafka::sink::OutRecord {
     use lifecycle_pipeline::dlq::{DlqRecord, SourceRef};
     let reason = rejection.reason.as_str().as_bytes().to_vec();
-    let src = SourceRef { topic: r.topic.clone(), partition: r.partition, offset: r.offset };
+    let src = SourceRef { topic: r.topic.to_string(), partition: r.partition, offset: r.offset };
     let rec = DlqRecord::new(rejection, src, stage, event_id, r.key.as_deref(), &r.payload, now);
     lifecycle_connectors::kafka::sink::OutRecord {
         topic: topic.to_owned(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::envelope_codec::{DEVICE_FIELDS, EnvelopeView, LOCATION_FIELDS};
 use chrono::TimeZone;
 use serde_json::json;
 
@@ -212,4 +213,63 @@ fn text_and_numbers_the_stores_cannot_hold_are_refused_naming_the_field() {
     let lone =
         br#"{"event_id":"e","user_id":"\ud800","event_type":"engagement.page_view","timestamp":1,"session_id":"s"}"#;
     assert_eq!(validator().validate_json(lone, now()).expect_err("refused").reason, ReasonCode::InvalidJson);
+}
+
+/// The JSON object an envelope read in place stands for.
+fn view_as_json(v: &EnvelopeView<'_>) -> Value {
+    let members = |names: &[&str], values: &[Option<&str>]| {
+        Value::Object(
+            names.iter().zip(values).map(|(n, v)| ((*n).to_owned(), v.map_or(Value::Null, |s| json!(s)))).collect(),
+        )
+    };
+    json!({
+        "event_id": v.event_id, "user_id": v.user_id, "event_type": v.event_type, "timestamp": v.timestamp_ms,
+        "session_id": v.session_id,
+        "event_properties": v.event_properties.map(|p| serde_json::from_str::<Value>(p).expect("json props")),
+        "device_info": v.device_info.map(|d| members(&DEVICE_FIELDS, &d)),
+        "location": v.location.map(|l| members(&LOCATION_FIELDS, &l)),
+        "referrer": v.referrer,
+    })
+}
+
+#[test]
+fn events_read_in_place_get_the_same_verdict_as_json_objects() {
+    let ts = now().timestamp_millis() - 1000;
+    let long = "x".repeat(300);
+    let huge = "y".repeat(9000);
+    let good = EnvelopeView {
+        event_id: "e-1",
+        user_id: "u-1",
+        event_type: "transaction.purchase_complete",
+        timestamp_ms: ts,
+        session_id: "s-1",
+        event_properties: Some(r#"{"order_id":"o-1","amount":19.99,"currency":"EUR"}"#),
+        device_info: Some([Some("mobile"), Some("iOS"), None, None, None]),
+        location: Some([Some("DE"), None, Some("Berlin"), None]),
+        referrer: Some("https://example.org"),
+    };
+    let huge_props = format!(r#"{{"order_id":"{huge}","amount":1e13,"currency":"EUR","x\u0000":1}}"#);
+    let cases: Vec<EnvelopeView<'_>> = vec![
+        good.clone(),
+        EnvelopeView { event_id: "", user_id: " ", session_id: "s\0", ..good.clone() },
+        EnvelopeView { event_id: &long, event_type: "Bad.Type", ..good.clone() },
+        EnvelopeView { event_type: "unknown.kind", timestamp_ms: ts + 86_400_000, ..good.clone() },
+        EnvelopeView { timestamp_ms: 0, event_properties: None, ..good.clone() },
+        EnvelopeView { timestamp_ms: i64::MAX, ..good.clone() },
+        EnvelopeView { event_properties: Some(r#"{"order_id":5,"currency":"EUR"}"#), ..good.clone() },
+        EnvelopeView { event_properties: Some("[1,2]"), ..good.clone() },
+        EnvelopeView { event_properties: Some(&huge_props), ..good.clone() },
+        EnvelopeView { device_info: Some([Some(&long), Some("a\0b"), None, None, None]), ..good.clone() },
+        EnvelopeView { location: Some([None, None, Some("c\0"), None]), referrer: Some(&huge), ..good.clone() },
+        EnvelopeView { referrer: Some("r\0"), device_info: None, location: None, ..good.clone() },
+    ];
+    let v = validator();
+    for view in &cases {
+        let json = view_as_json(view);
+        let from_json = v.validate_object(json.as_object().expect("object"), now());
+        assert_eq!(v.validate_view(view, now()), from_json, "{json}");
+    }
+    let not_json = EnvelopeView { event_properties: Some("{nope"), event_id: "", ..good };
+    let r = v.validate_view(&not_json, now()).expect_err("not JSON");
+    assert_eq!((r.reason, r.errors.len()), (ReasonCode::InvalidJson, 1), "reported alone, as the generic decoder does");
 }

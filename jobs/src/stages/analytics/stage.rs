@@ -124,7 +124,7 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
         let m = &handle.metrics;
         m.records_in.inc_by(batch.len() as u64);
         let (transitions, events): (Vec<&RawRecord>, Vec<&RawRecord>) =
-            batch.iter().partition(|r| r.topic == lifecycle_topic);
+            batch.iter().partition(|r| *r.topic == *lifecycle_topic);
         writers.fill(&decoder.envelope, events.iter().copied(), &m.retries).await;
         let mut unreadable: Vec<(&RawRecord, Rejection, Option<String>)> = Vec::new();
         let mut rows = Vec::with_capacity(events.len());

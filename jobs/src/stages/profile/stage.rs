@@ -251,7 +251,9 @@ async fn apply_batch(
     let touched: Vec<&Profile> = working.values().collect();
     let mut out = Vec::with_capacity(touched.len() + transitions.len());
     for p in &touched {
-        let doc = serde_json::to_vec(p).map_err(|e| ConnectorError::Encode(e.to_string()))?;
+        // Sized up front: growing the buffer copied large documents several times.
+        let mut doc = Vec::with_capacity(p.approx_bytes());
+        serde_json::to_writer(&mut doc, p).map_err(|e| ConnectorError::Encode(e.to_string()))?;
         out.push(OutRecord {
             topic: ctx.changelog_topic.clone(),
             key: Some(p.user_id.as_bytes().to_vec()),

@@ -71,13 +71,16 @@ fn output(ctx: &Ctx, cache: &WriterCache, r: &RawRecord, now: chrono::DateTime<U
         dead_letter_record(&ctx.dlq_topic, "validate", r, rejection, event_id, now)
     };
     match process::process(&r.payload, cache, &ctx.envelope, &ctx.validator, now) {
-        Outcome::Valid(event) => match ctx.envelope.encode(&event) {
-            Ok(body) => {
+        Outcome::Valid(event) => match process::reusable_body(&r.payload, cache).map_or_else(
+            || ctx.envelope.encode(&event).map(|body| wire::frame(ctx.valid_schema_id, &body)),
+            |body| Ok(wire::frame(ctx.valid_schema_id, body)),
+        ) {
+            Ok(payload) => {
                 tally.valid += 1;
                 OutRecord {
                     topic: ctx.valid_topic.clone(),
                     key: Some(event.user_id.as_bytes().to_vec()),
-                    payload: wire::frame(ctx.valid_schema_id, &body),
+                    payload,
                     headers: vec![
                         ("event_type", event.event_type.as_str().as_bytes().to_vec()),
                         ("event_id", event.event_id.as_bytes().to_vec()),
@@ -230,6 +233,7 @@ pub async fn run(
         let now = Utc::now();
         let mut tally = Tally::default();
         let outputs: Vec<OutRecord> = batch.iter().map(|r| output(&ctx, writers.cache(), r, now, &mut tally)).collect();
+        let validated = started.elapsed();
         if delivery.deliver(cfg, (poller.source(), &batch, &outputs), (&m, &handle.health)).await {
             tally.count(batch.len(), &m);
         }
@@ -242,7 +246,12 @@ pub async fn run(
                 }
             }
         }
-        tracing::debug!(records = batch.len(), ms = started.elapsed().as_millis() as u64, "batch done");
+        tracing::debug!(
+            records = batch.len(),
+            validate_ms = validated.as_millis() as u64,
+            ms = started.elapsed().as_millis() as u64,
+            "batch done"
+        );
     }
     tracing::info!("validation stage stopped");
     Ok(())
