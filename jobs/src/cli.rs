@@ -23,7 +23,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage the local stack (tansu, PostgreSQL, schema registry).
+    /// Manage the local stack (Apache Kafka, PostgreSQL, ClickHouse, schema registry).
     Stack {
         /// up, down or status.
         #[arg(value_enum)]

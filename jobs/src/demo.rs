@@ -40,17 +40,31 @@ pub fn high_watermarks(cfg: &LifecycleConfig, topic: &str) -> Result<BTreeMap<i3
 /// A record read back: (partition, offset, key, payload).
 pub type Fetched = (i32, i64, Option<Vec<u8>>, Vec<u8>);
 
+/// A reader's context: reaching the end of a partition is what the reader
+/// waits for, not an error to log.
+struct EndOfPartitionIsNews;
+
+impl rdkafka::ClientContext for EndOfPartitionIsNews {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndOfPartitionIsNews {}
+
 /// Reads every committed record of `topic` from `from` up to the current end
 /// of each partition (`read_committed`: records of open or aborted
 /// transactions are not returned; transaction markers take offsets, so the end
 /// is found by the consumer reaching it, not by counting records).
 pub fn read_from(cfg: &LifecycleConfig, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<Fetched>, String> {
     let to = high_watermarks(cfg, topic)?;
-    let c: BaseConsumer = cfg
+    let c: BaseConsumer<EndOfPartitionIsNews> = cfg
         .kafka
         .consumer("lifecycle-demo-reader")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(EndOfPartitionIsNews)
         .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
     let mut open: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
