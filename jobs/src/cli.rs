@@ -43,6 +43,13 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         events: usize,
     },
+    /// Create or check the topics as configuration declares them (partitions,
+    /// replication factor, min.insync.replicas, cleanup policy, retention).
+    Topics {
+        /// apply (create, add partitions, set configuration) or check (report only).
+        #[arg(value_enum)]
+        action: TopicsAction,
+    },
     /// Manage API keys.
     ApiKey {
         /// What to do.
@@ -60,6 +67,15 @@ pub enum StackAction {
     Down,
     /// Show each service.
     Status,
+}
+
+/// Topic actions.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TopicsAction {
+    /// Create missing topics, add partitions, set the managed configuration.
+    Apply,
+    /// Report how the cluster differs from the declaration; exit 1 when it does.
+    Check,
 }
 
 /// Stages and services.
@@ -97,7 +113,11 @@ pub enum KeyAction {
     },
 }
 
-fn shutdown_on_signal() -> watch::Receiver<bool> {
+/// A switch that turns on at SIGTERM or Ctrl-C. The stage then finishes the
+/// batch in hand and stops; if that takes longer than `grace` (a store that
+/// does not answer), the process exits without committing the batch, which is
+/// read again by whoever takes its partitions.
+fn shutdown_on_signal(grace: std::time::Duration) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -105,18 +125,22 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
-        tracing::info!("shutdown requested");
+        tracing::info!(grace_secs = grace.as_secs(), "shutdown requested");
         let _ = tx.send(true);
+        tokio::time::sleep(grace).await;
+        tracing::error!(
+            grace_secs = grace.as_secs(),
+            "not stopped within the shutdown grace; exiting without committing the batch in hand"
+        );
+        std::process::exit(1);
     });
     rx
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), String> {
-    let cfg = match &cli.config {
-        Some(path) => LifecycleConfig::load(path)?,
-        None => LifecycleConfig::default(),
-    };
+    let cfg = LifecycleConfig::load_with_env(cli.config.as_deref(), std::env::vars())?;
+    let stop = || shutdown_on_signal(std::time::Duration::from_secs(cfg.shutdown_grace_secs));
     match cli.command {
         Command::Stack { action: StackAction::Up } => crate::stack::up(&cfg).await.map_err(|e| e.to_string()),
         Command::Stack { action: StackAction::Down } => crate::stack::down(&cfg).await.map_err(|e| e.to_string()),
@@ -129,22 +153,37 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Run { stage: Stage::Validate } => {
             let handle = crate::stages::validate::StageHandle::new()?;
-            crate::stages::validate::run(&cfg, handle, shutdown_on_signal()).await
+            crate::stages::validate::run(&cfg, handle, stop()).await
         }
         Command::Run { stage: Stage::Profile } => {
             let handle = crate::stages::profile::ProfileHandle::new()?;
-            crate::stages::profile::run(&cfg, handle, shutdown_on_signal()).await
+            crate::stages::profile::run(&cfg, handle, stop()).await
         }
         Command::Run { stage: Stage::Analytics } => {
             let handle = crate::stages::analytics::SinkHandle::new()?;
-            crate::stages::analytics::run(&cfg, handle, shutdown_on_signal()).await
+            crate::stages::analytics::run(&cfg, handle, stop()).await
         }
         Command::Run { stage: Stage::Workflows } => {
             let handle = crate::stages::workflows::EngineHandle::new()?;
-            crate::stages::workflows::run(&cfg, handle, shutdown_on_signal()).await
+            crate::stages::workflows::run(&cfg, handle, stop()).await
         }
-        Command::Run { stage: Stage::Ingest } => crate::services::run_ingest(&cfg, shutdown_on_signal()).await,
-        Command::Registry => crate::services::run_registry(&cfg, shutdown_on_signal()).await,
+        Command::Run { stage: Stage::Ingest } => crate::services::run_ingest(&cfg, stop()).await,
+        Command::Topics { action } => {
+            let apply = matches!(action, TopicsAction::Apply);
+            let reports = crate::setup::topics(&cfg, apply).await?;
+            for r in &reports {
+                println!("{r}");
+            }
+            let unsettled = reports.iter().filter(|r| {
+                use lifecycle_connectors::kafka::admin::TopicState as S;
+                matches!(r.state, S::Missing | S::Drift)
+            });
+            match unsettled.count() {
+                0 => Ok(()),
+                n => Err(format!("{n} topic(s) differ from the declaration")),
+            }
+        }
+        Command::Registry => crate::services::run_registry(&cfg, stop()).await,
         Command::Demo { events } => crate::demo::run(&cfg, events).await,
         Command::ApiKey { action } => {
             let pool =

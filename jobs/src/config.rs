@@ -97,6 +97,10 @@ pub struct LifecycleConfig {
     pub registry: RegistryConfig,
     /// The local stack.
     pub stack: StackConfig,
+    /// How long a stage or service may take to stop after SIGTERM before it
+    /// exits without committing the batch in hand, in seconds (keep it below
+    /// the orchestrator's termination grace period).
+    pub shutdown_grace_secs: u64,
     /// The file this configuration was read from (passed on to child processes).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -120,6 +124,7 @@ impl Default for LifecycleConfig {
             analytics_api: AnalyticsApiConfig::default(),
             registry: RegistryConfig::default(),
             stack: StackConfig::default(),
+            shutdown_grace_secs: 30,
             source: None,
         }
     }
@@ -128,16 +133,52 @@ impl Default for LifecycleConfig {
 impl LifecycleConfig {
     /// Reads a TOML file; missing sections take their defaults.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cfg: Self = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::load_with_env(Some(path), std::iter::empty())
+    }
+
+    /// The configuration of a process: the file at `path` (when given), then
+    /// every `LIFECYCLE_<KEY>` variable of `vars` on top, nested keys joined by
+    /// a double underscore: `LIFECYCLE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`,
+    /// `LIFECYCLE_REGISTRY_URL=...`, `LIFECYCLE_TOPICS__SETTINGS__EVENTS_RAW__PARTITIONS=12`.
+    /// A value is read as TOML (numbers, booleans, arrays, inline tables) and
+    /// as a string otherwise. Under `kafka.properties` a key's underscores
+    /// become dots (librdkafka's names: `LIFECYCLE_KAFKA__PROPERTIES__SASL_PASSWORD`
+    /// sets `sasl.password`). `LIFECYCLE_CONFIG` names the file and is not a key.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
+        let mut doc: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                text.parse().map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut applied = Vec::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("LIFECYCLE_") else { continue };
+            if rest == "CONFIG" || rest.is_empty() {
+                continue;
+            }
+            set_path(&mut doc, rest, &value).map_err(|e| format!("{name}: {e}"))?;
+            applied.push(name);
+        }
+        let origin = || match (path, applied.is_empty()) {
+            (Some(p), true) => p.display().to_string(),
+            (Some(p), false) => format!("{} with {}", p.display(), applied.join(", ")),
+            (None, _) => applied.join(", "),
+        };
+        let mut cfg: Self = doc.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", origin()))?;
         cfg.validate()?;
-        cfg.source = Some(path.to_owned());
+        cfg.source = path.map(Path::to_owned);
         Ok(cfg)
     }
 
     /// Checks every section.
     pub fn validate(&self) -> Result<(), String> {
         self.validation.limits()?;
+        self.topics.validate()?;
         self.ingest.validate()?;
         self.validate.validate()?;
         self.profile.validate()?;
@@ -153,9 +194,59 @@ impl LifecycleConfig {
     }
 }
 
+/// Sets the key named by an environment variable's rest (`KAFKA__BOOTSTRAP_SERVERS`)
+/// in `doc`, the value parsed as TOML when it parses and kept a string otherwise.
+fn set_path(doc: &mut toml::Table, rest: &str, value: &str) -> Result<(), String> {
+    let mut keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if keys.iter().any(String::is_empty) {
+        return Err("empty key between double underscores".into());
+    }
+    if keys.len() == 3 && keys[0] == "kafka" && keys[1] == "properties" {
+        keys[2] = keys[2].replace('_', ".");
+    }
+    let (last, parents) = keys.split_last().ok_or("no key")?;
+    let mut table = doc;
+    for k in parents {
+        let entry = table.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("'{k}' is not a section"))?;
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    table.insert(last.clone(), parsed);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_variables_set_keys_on_top_of_the_file() {
+        let vars = [
+            ("LIFECYCLE_KAFKA__BOOTSTRAP_SERVERS", "k1:9092,k2:9092"),
+            ("LIFECYCLE_KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret"),
+            ("LIFECYCLE_REGISTRY_URL", "http://registry:8081"),
+            ("LIFECYCLE_VALIDATE__MAX_BATCH_RECORDS", "250"),
+            ("LIFECYCLE_TOPICS__SETTINGS__EVENTS_RAW__PARTITIONS", "12"),
+            ("LIFECYCLE_PROFILE__METRICS_ADDR", "0.0.0.0:9102"),
+            ("LIFECYCLE_CONFIG", "/ignored.toml"),
+            ("PATH", "/usr/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let cfg = LifecycleConfig::load_with_env(None, vars).expect("loads");
+        assert_eq!(cfg.kafka.bootstrap_servers, "k1:9092,k2:9092");
+        assert_eq!(cfg.kafka.properties.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(cfg.registry_url, "http://registry:8081");
+        assert_eq!(cfg.validate.max_batch_records, 250);
+        assert_eq!(cfg.topics.settings["events_raw"].partitions, Some(12));
+        assert_eq!(cfg.profile.metrics_addr.map(|a| a.port()), Some(9102));
+        let bad = [("LIFECYCLE_VALIDATE__MAX_BATCH", "1".to_owned())].map(|(k, v)| (k.to_owned(), v));
+        let e = LifecycleConfig::load_with_env(None, bad).expect_err("unknown key");
+        assert!(e.contains("LIFECYCLE_VALIDATE__MAX_BATCH") && e.contains("max_batch"), "{e}");
+    }
 
     #[test]
     fn defaults_validate_and_partial_files_parse() {

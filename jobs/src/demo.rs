@@ -24,17 +24,43 @@ use crate::stages::validate::{self, StageHandle};
 use crate::workload::{AvroEncoder, Broken, Workload};
 
 /// High watermarks of every partition of `topic`.
+///
+/// A partition whose leader the broker is still settling (a topic created a
+/// moment ago, a broker restarting) answers `NOT_LEADER_OR_FOLLOWER` or
+/// `LEADER_NOT_AVAILABLE` for a short while: those are asked again for up to
+/// 15 s; any other error is returned at once.
 pub fn high_watermarks(cfg: &LifecycleConfig, topic: &str) -> Result<BTreeMap<i32, i64>, String> {
     let c: BaseConsumer = cfg.kafka.consumer("lifecycle-demo-reader").create().map_err(|e| e.to_string())?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match watermarks_once(&c, topic) {
+            Err(e) if is_settling(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn watermarks_once(c: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, i64>, rdkafka::error::KafkaError> {
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut out = BTreeMap::new();
     for t in md.topics() {
         for p in t.partitions() {
-            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
             out.insert(p.id(), high);
         }
     }
     Ok(out)
+}
+
+/// Errors a partition gives while its leadership is being settled.
+fn is_settling(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::NotLeaderForPartition | C::LeaderNotAvailable | C::UnknownTopicOrPartition)
+    )
 }
 
 /// A record read back: (partition, offset, key, payload).

@@ -72,6 +72,7 @@ pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
 
 /// Serves the REST API (ingestion and users) until `shutdown`.
 pub async fn run_ingest(cfg: &LifecycleConfig, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    crate::setup::require_topics(cfg, &[lifecycle_pipeline::Topic::EventsRaw])?;
     let app = api_router(cfg).await?;
     ops::serve(cfg.ingest.listen_addr, app, stopped(shutdown))
         .await

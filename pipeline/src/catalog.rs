@@ -81,6 +81,32 @@ impl Ty {
         }
     }
 
+    /// Whether [`Ty::check`] finds nothing wrong with `value` (without building
+    /// any error: unions try their variants with this first).
+    fn matches(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Ty::Null, Value::Null) | (Ty::Boolean, Value::Bool(_)) | (Ty::String, Value::String(_)) => true,
+            (Ty::Int, Value::Number(n)) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+            (Ty::Long, Value::Number(n)) => n.as_i64().is_some(),
+            (Ty::Float, Value::Number(n)) => n.as_f64().is_some_and(|f| f.is_finite() && f.abs() <= MAX_NUMBER),
+            (Ty::Enum(symbols), Value::String(s)) => symbols.iter().any(|sym| sym == s),
+            (Ty::Array(item), Value::Array(items)) => items.iter().all(|v| item.matches(v)),
+            (Ty::Map(inner), Value::Object(obj)) => obj.values().all(|v| inner.matches(v)),
+            (Ty::Record(fields), Value::Object(obj)) => fields.iter().all(|f| match obj.get(&f.name) {
+                None | Some(Value::Null) => f.optional || f.ty.accepts_null(),
+                Some(v) => {
+                    f.ty.matches(v)
+                        && match (f.max_len, v) {
+                            (Some(max), Value::String(s)) => s.chars().count() <= max,
+                            _ => true,
+                        }
+                }
+            }),
+            (Ty::Union(variants), v) => variants.iter().any(|t| t.matches(v)),
+            _ => false,
+        }
+    }
+
     /// Appends every mismatch between `value` and this type under `path`.
     fn check(&self, path: &Path<'_>, value: &Value, errors: &mut Vec<FieldError>) {
         let wrong = |errors: &mut Vec<FieldError>| {
@@ -134,6 +160,9 @@ impl Ty {
             }
             (Ty::Record(fields), Value::Object(obj)) => check_record(path, fields, obj, errors),
             (Ty::Union(variants), v) => {
+                if variants.iter().any(|t| t.matches(v)) {
+                    return;
+                }
                 let mut best: Option<Vec<FieldError>> = None;
                 for variant in variants {
                     let mut errs = Vec::new();
@@ -423,6 +452,32 @@ mod tests {
             )])
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_quick_match_agrees_with_the_full_check() {
+        let catalog = EventCatalog::from_schemas([("transaction.purchase_complete", PURCHASE)]).expect("catalog");
+        let fields = &catalog.types["transaction.purchase_complete"];
+        let ty = Ty::Record(fields.clone());
+        let values = [
+            json!({"order_id":"o1","amount":9.5,"currency":"EUR"}),
+            json!({"order_id":"o1","amount":9.5,"currency":"EUR","items":3,"skus":["a","b"]}),
+            json!({"order_id":"o1","amount":9.5,"currency":"EUR","items":null}),
+            json!({"order_id":"o1","amount":9.5,"currency":"GBP"}),
+            json!({"order_id":"o-too-long","amount":9.5,"currency":"EUR"}),
+            json!({"order_id":"o1","amount":1e13,"currency":"EUR"}),
+            json!({"order_id":"o1","amount":"9","currency":"EUR"}),
+            json!({"order_id":"o1","amount":9.5,"currency":"EUR","items":1.5}),
+            json!({"order_id":"o1","amount":9.5,"currency":"EUR","items":4294967296u64}),
+            json!({"order_id":"o1","amount":9.5,"currency":"EUR","skus":[1]}),
+            json!({"amount":9.5,"currency":"EUR"}),
+            json!([1]),
+        ];
+        for v in &values {
+            let mut errors = Vec::new();
+            ty.check(&Path::Root("event_properties"), v, &mut errors);
+            assert_eq!(ty.matches(v), errors.is_empty(), "{v}: {errors:?}");
+        }
     }
 
     #[test]

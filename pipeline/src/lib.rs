@@ -25,5 +25,5 @@ pub use catalog::EventCatalog;
 pub use error::PipelineError;
 pub use event::{Event, EventType};
 pub use reason::{FieldError, ReasonCode, Rejection};
-pub use topics::{Topic, TopicNames};
+pub use topics::{Topic, TopicDeclaration, TopicNames, TopicSettings};
 pub use validate::{Limits, Validator};

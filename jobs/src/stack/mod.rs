@@ -4,6 +4,7 @@
 
 pub mod clickhouse;
 mod kafka;
+pub mod node;
 mod postgres;
 mod proc;
 pub mod python;
@@ -96,6 +97,7 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
     registry::up(cfg).await?;
     crate::setup::topics_and_schemas(cfg).await.map_err(|e| err("setup", e))?;
     python::up(s)?;
+    node::up(s)?;
     // Third-party clients the tests and benchmarks run against the broker.
     proc::ensure_tool("tools", "kcat", "kcat")?;
     Ok(())

@@ -135,8 +135,9 @@ pub(crate) fn dead_letter_record(
     }
 }
 
-/// Serves `/metrics` and `/healthz` for a stage until `shutdown`: `/healthz`
-/// answers 503 with the reason while the stage cannot make progress.
+/// Serves `/metrics` and the probes for a stage until `shutdown`: `/livez`
+/// (the main loop takes steps), `/readyz` (it holds partitions and is not
+/// stalled) and `/healthz` (not stalled); each answers 503 with the reason.
 pub(crate) fn serve_metrics(
     addr: std::net::SocketAddr,
     registry: prometheus::Registry,
@@ -146,23 +147,28 @@ pub(crate) fn serve_metrics(
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     use axum::routing::get;
-    let healthz = move || {
+    let probe = |check: fn(&super::Health) -> Result<(), String>| {
         let health = health.clone();
-        async move {
-            match health.check() {
-                Ok(()) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
-                Err(reason) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(serde_json::json!({"status": "unhealthy", "reason": reason})),
-                )
-                    .into_response(),
+        move || {
+            let result = check(&health);
+            async move {
+                match result {
+                    Ok(()) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+                    Err(reason) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({"status": "unhealthy", "reason": reason})),
+                    )
+                        .into_response(),
+                }
             }
         }
     };
     let app = axum::Router::new()
         .route("/metrics", get(lifecycle_connectors::http::ops::metrics_handler))
         .with_state(registry)
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(probe(super::Health::check)))
+        .route("/livez", get(probe(super::Health::live)))
+        .route("/readyz", get(probe(super::Health::ready)));
     tokio::spawn(async move {
         let served = lifecycle_connectors::http::ops::serve(addr, app, async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -186,6 +192,7 @@ pub(crate) struct Poller {
     source: lifecycle_connectors::kafka::source::BatchSource,
     max: usize,
     linger: Duration,
+    health: super::Health,
 }
 
 impl Poller {
@@ -194,10 +201,11 @@ impl Poller {
         group: &str,
         topics: &[&str],
         (max, linger): (usize, Duration),
+        health: super::Health,
     ) -> Result<Self, String> {
         let source = lifecycle_connectors::kafka::source::BatchSource::subscribe(kafka, group, topics)
             .map_err(|e| e.to_string())?;
-        Ok(Self { source, max, linger })
+        Ok(Self { source, max, linger, health })
     }
 
     /// The consumer.
@@ -212,6 +220,7 @@ impl Poller {
                 b = self.source.next_batch(self.max, self.linger, Duration::from_secs(1)) => b,
                 _ = shutdown.wait_for(|s| *s) => return Ok(Polled::Shutdown),
             };
+            self.health.beat(self.source.assigned_partitions().is_ok_and(|n| n > 0));
             match batch {
                 Ok(b) if b.is_empty() => {}
                 Ok(b) => return Ok(Polled::Batch(b)),

@@ -40,34 +40,86 @@ impl StageMetrics for AnalyticsMetrics {
     }
 }
 
-/// Whether a stage is making progress: it turns unhealthy while a store it
-/// writes keeps failing (its `/healthz` then answers 503 with the reason), and
-/// healthy again at the next success.
-#[derive(Clone, Default)]
+/// What a stage's probes report. Liveness: its main loop takes a step at
+/// least every [`Health::LIVENESS_WINDOW`] (an idle poll, a batch, a retry).
+/// Readiness: it holds partitions of its input and is not stalled. Stalled:
+/// a store it writes keeps failing (the reason is served with the 503), until
+/// the next success.
+#[derive(Clone)]
 pub struct Health {
-    stalled: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    state: std::sync::Arc<std::sync::Mutex<HealthState>>,
+}
+
+struct HealthState {
+    stalled: Option<String>,
+    assigned: Option<bool>,
+    beat: std::time::Instant,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        let state = HealthState { stalled: None, assigned: None, beat: std::time::Instant::now() };
+        Self { state: std::sync::Arc::new(std::sync::Mutex::new(state)) }
+    }
 }
 
 impl Health {
+    /// How long the main loop may go without a step before the stage is not live.
+    pub const LIVENESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+    fn with<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
     /// The stage cannot make progress, because of `reason`.
     pub fn stalled(&self, reason: String) {
-        if let Ok(mut s) = self.stalled.lock() {
-            *s = Some(reason);
-        }
+        self.with(|s| {
+            s.stalled = Some(reason);
+            s.beat = std::time::Instant::now();
+        });
     }
 
     /// The stage made progress.
     pub fn progressing(&self) {
-        if let Ok(mut s) = self.stalled.lock() {
-            *s = None;
-        }
+        self.with(|s| {
+            s.stalled = None;
+            s.beat = std::time::Instant::now();
+        });
     }
 
-    /// `Ok` while healthy, else why not.
+    /// The main loop took a step; `assigned`: its consumer holds partitions.
+    pub fn beat(&self, assigned: bool) {
+        self.with(|s| {
+            s.assigned = Some(assigned);
+            s.beat = std::time::Instant::now();
+        });
+    }
+
+    /// `Ok` while not stalled, else why.
     pub fn check(&self) -> Result<(), String> {
-        match self.stalled.lock() {
-            Ok(s) => s.clone().map_or(Ok(()), Err),
-            Err(_) => Err("health state poisoned".into()),
+        self.with(|s| s.stalled.clone().map_or(Ok(()), Err)).unwrap_or_else(|| Err("health state poisoned".into()))
+    }
+
+    /// `Ok` while the main loop takes steps.
+    pub fn live(&self) -> Result<(), String> {
+        self.with(|s| {
+            let idle = s.beat.elapsed();
+            if idle <= Self::LIVENESS_WINDOW {
+                Ok(())
+            } else {
+                Err(format!("main loop took no step for {} s", idle.as_secs()))
+            }
+        })
+        .unwrap_or_else(|| Err("health state poisoned".into()))
+    }
+
+    /// `Ok` when the stage holds partitions and is not stalled.
+    pub fn ready(&self) -> Result<(), String> {
+        self.check()?;
+        match self.with(|s| s.assigned) {
+            Some(Some(true)) => Ok(()),
+            Some(Some(false)) => Err("no partition of its input assigned (more instances than partitions?)".into()),
+            _ => Err("not consuming yet".into()),
         }
     }
 }

@@ -89,6 +89,7 @@ pub type SinkHandle = crate::stages::Handle<AnalyticsMetrics>;
 pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let ac = &cfg.analytics;
     ac.validate()?;
+    crate::setup::require_topics(cfg, &[Topic::EventsValid, Topic::LifecycleEvents, Topic::EventsDlq])?;
     let decoder = EventDecoder::load(cfg)?;
     let mut attempt = 0;
     while let Err(e) = migrate::migrate(&cfg.clickhouse).await {
@@ -109,6 +110,7 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
         &ac.group_id,
         &[&events_topic, &lifecycle_topic],
         (ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms)),
+        handle.health.clone(),
     )?;
     if let Some(addr) = ac.metrics_addr {
         crate::stages::common::serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());

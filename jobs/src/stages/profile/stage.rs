@@ -420,6 +420,17 @@ pub async fn run(
 ) -> Result<(), String> {
     let pc = &cfg.profile;
     pc.validate()?;
+    crate::setup::require_topics(
+        cfg,
+        &[
+            Topic::EventsValid,
+            Topic::EventsDlq,
+            Topic::ProfilesChangelog,
+            Topic::LifecycleEvents,
+            Topic::SegmentMemberships,
+            Topic::WorkflowCommands,
+        ],
+    )?;
     let ctx = Ctx {
         group: pc.group_id.clone(),
         topic: cfg.topics.name(Topic::EventsValid),
@@ -441,6 +452,7 @@ pub async fn run(
         &pc.group_id,
         &[&ctx.topic],
         (pc.max_batch_records, Duration::from_millis(pc.batch_linger_ms)),
+        handle.health.clone(),
     )?;
     let m = handle.metrics.clone();
     if let Some(addr) = pc.metrics_addr {

@@ -199,6 +199,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let vc = &cfg.validate;
     vc.validate()?;
+    crate::setup::require_topics(cfg, &[Topic::EventsRaw, Topic::EventsValid, Topic::EventsDlq])?;
     let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
     let envelope = files.envelope().map_err(|e| e.to_string())?;
     let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), cfg.validation.limits()?);
@@ -213,7 +214,8 @@ pub async fn run(
     };
     let raw_topic = cfg.topics.name(Topic::EventsRaw);
     let linger = Duration::from_millis(vc.batch_linger_ms);
-    let mut poller = Poller::new(&cfg.kafka, &vc.group_id, &[&raw_topic], (vc.max_batch_records, linger))?;
+    let mut poller =
+        Poller::new(&cfg.kafka, &vc.group_id, &[&raw_topic], (vc.max_batch_records, linger), handle.health.clone())?;
     let mut delivery = Delivery::new(cfg)?;
     let m = handle.metrics.clone();
     if let Some(addr) = vc.metrics_addr {

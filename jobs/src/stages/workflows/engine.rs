@@ -336,7 +336,8 @@ async fn consume_commands(
 ) -> Result<(), String> {
     let topic = cfg.topics.name(Topic::WorkflowCommands);
     let wc = &cfg.workflows;
-    let mut poller = Poller::new(&cfg.kafka, &wc.group_id, &[&topic], (500, Duration::from_millis(50)))?;
+    let mut poller =
+        Poller::new(&cfg.kafka, &wc.group_id, &[&topic], (500, Duration::from_millis(50)), engine.health.clone())?;
     loop {
         let batch = match poller.next(&mut shutdown).await? {
             Polled::Batch(b) => b,
@@ -489,6 +490,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let mut wc = cfg.workflows.clone();
     wc.validate()?;
+    crate::setup::require_topics(cfg, &[Topic::WorkflowCommands, Topic::WorkflowEvents, Topic::WorkflowDlq])?;
     wc.node_id = wc.node_name();
     let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
