@@ -1,13 +1,15 @@
 //! A producer that reports success only when every record of a batch is acknowledged.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::TopicPartitionList;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::config::KafkaConfig;
 
@@ -89,8 +91,41 @@ pub struct TxSink {
     /// polls in the background: the commit serves the delivery reports, waits
     /// for every delivery and fails the transaction if one failed. (A polling
     /// thread made every commit wait about 100 ms, its poll interval.)
-    producer: BaseProducer,
+    producer: BaseProducer<TxContext>,
     id: String,
+}
+
+/// Remembers the first failed delivery of the open transaction, so the commit
+/// stops waiting for the rest at once (a partition whose leader died fails
+/// its records only when they time out; the others would be waited for in vain:
+/// the transaction has to be aborted anyway).
+#[derive(Default)]
+struct TxContext {
+    failed: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for TxContext {}
+
+impl ProducerContext for TxContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result
+            && let Ok(mut failed) = self.failed.lock()
+        {
+            failed.get_or_insert_with(|| e.clone());
+        }
+    }
+}
+
+impl TxContext {
+    fn take(&self) -> Option<KafkaError> {
+        self.failed.lock().ok().and_then(|mut f| f.take())
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.lock().map(|f| f.is_some()).unwrap_or(false)
+    }
 }
 
 /// How long one transactional call may take before it is treated as failed.
@@ -101,7 +136,8 @@ impl TxSink {
     /// which aborts any transaction a previous producer with that id left open
     /// and fences that producer out.
     pub fn new(cfg: &KafkaConfig, transactional_id: &str) -> Result<Self, KafkaError> {
-        let producer: BaseProducer = cfg.transactional_producer(transactional_id).create()?;
+        let producer: BaseProducer<TxContext> =
+            cfg.transactional_producer(transactional_id).create_with_context(TxContext::default())?;
         tokio::task::block_in_place(|| producer.init_transactions(TX_TIMEOUT))?;
         Ok(Self { producer, id: transactional_id.to_owned() })
     }
@@ -124,6 +160,7 @@ impl TxSink {
             _ => TxError::Aborted(e),
         };
         let committed = tokio::task::block_in_place(|| {
+            self.producer.context().take();
             self.producer.begin_transaction()?;
             for r in records {
                 self.enqueue(r)?;
@@ -136,7 +173,7 @@ impl TxSink {
             Err(e) => {
                 let e = classify(e);
                 if let TxError::Aborted(_) = e
-                    && let Err(abort) = tokio::task::block_in_place(|| self.producer.abort_transaction(TX_TIMEOUT))
+                    && let Err(abort) = tokio::task::block_in_place(|| self.abort_serving())
                 {
                     return Err(TxError::Fatal(abort));
                 }
@@ -167,6 +204,26 @@ impl TxSink {
         }
     }
 
+    /// Aborts the open transaction. librdkafka purges its records and waits
+    /// until their delivery reports are served, which nothing does while
+    /// `abort_transaction` blocks (a `BaseProducer` is served by `poll`): so
+    /// the abort is asked for in short steps with the reports served between
+    /// them, instead of one call that would wait out its whole timeout whenever
+    /// records were still in flight (a partition leader lost mid-batch).
+    fn abort_serving(&self) -> Result<(), KafkaError> {
+        let deadline = std::time::Instant::now() + TX_TIMEOUT;
+        loop {
+            match self.producer.abort_transaction(Duration::from_millis(100)) {
+                Err(KafkaError::Transaction(t)) if t.is_retriable() && std::time::Instant::now() < deadline => {
+                    for _ in 0..20 {
+                        self.producer.poll(Duration::from_millis(1));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Commits, retrying a commit librdkafka says may be retried (a timeout
     /// while the outcome is still pending).
     fn commit_retrying(&self) -> Result<(), KafkaError> {
@@ -175,8 +232,12 @@ impl TxSink {
         // for 100 ms at a time, so every commit took at least 100 ms. Serving the
         // delivery reports in 1 ms polls first leaves that flush nothing to wait for.
         let deadline = std::time::Instant::now() + TX_TIMEOUT;
-        while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        let context = self.producer.context();
+        while self.producer.in_flight_count() > 0 && !context.has_failed() && std::time::Instant::now() < deadline {
             self.producer.poll(Duration::from_millis(1));
+        }
+        if let Some(e) = context.take() {
+            return Err(e);
         }
         let mut attempts = 0;
         loop {

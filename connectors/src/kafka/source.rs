@@ -8,6 +8,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::config::KafkaConfig;
@@ -110,9 +111,16 @@ impl BatchSource {
     /// gathers more until `max` records or `linger` has passed since the first.
     pub async fn next_batch(&self, max: usize, linger: Duration, idle: Duration) -> Result<Vec<RawRecord>, KafkaError> {
         let mut batch = Vec::with_capacity(max.min(4096));
-        let first = match tokio::time::timeout(idle, self.consumer.recv()).await {
-            Err(_) => return Ok(batch),
-            Ok(first) => first?,
+        let idle_until = tokio::time::Instant::now() + idle;
+        let first = loop {
+            match tokio::time::timeout_at(idle_until, self.consumer.recv()).await {
+                Err(_) => return Ok(batch),
+                Ok(Ok(m)) => break m,
+                Ok(Err(e)) if recovers_by_itself(&e) => {
+                    tracing::debug!(error = %e, "broker connection trouble; the client recovers by itself");
+                }
+                Ok(Err(e)) => return Err(e),
+            }
         };
         let mut topics = Topics::default();
         batch.push(owned(&first, &mut topics));
@@ -122,10 +130,10 @@ impl BatchSource {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Ok(m)) => batch.push(owned(&m, &mut topics)),
+                Ok(Err(e)) if recovers_by_itself(&e) => {
+                    tracing::debug!(error = %e, "broker connection trouble; the client recovers by itself");
+                }
                 Ok(Err(e)) => {
-                    if batch.is_empty() {
-                        return Err(e);
-                    }
                     tracing::warn!(error = %e, "consumer error; processing what was read");
                     break;
                 }
@@ -267,5 +275,48 @@ fn owned<M: Message>(m: &M, topics: &mut Topics) -> RawRecord {
             .headers()
             .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
             .unwrap_or_default(),
+    }
+}
+
+/// Errors a consumer reports while a broker is unreachable or a partition's
+/// leadership moves. librdkafka reconnects and refetches metadata by itself;
+/// the other brokers' partitions go on being fetched meanwhile, so these
+/// must not stop consumption (with one broker of three dead, every poll
+/// would otherwise end in an error and the stage would read nothing).
+pub fn recovers_by_itself(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::Resolve
+                | C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::NetworkException
+                | C::RequestTimedOut
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorLoadInProgress
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_broker_or_moving_leader_is_waited_out_but_a_missing_topic_is_not() {
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ] {
+            assert!(recovers_by_itself(&KafkaError::MessageConsumption(code)), "{code:?}");
+        }
+        for code in [RDKafkaErrorCode::UnknownTopicOrPartition, RDKafkaErrorCode::TopicAuthorizationFailed] {
+            assert!(!recovers_by_itself(&KafkaError::MessageConsumption(code)), "{code:?}");
+        }
     }
 }

@@ -81,27 +81,51 @@ fn check_libs(libs: &Path) -> Result<(), StackError> {
 
 /// One KRaft node: broker and controller in one process.
 struct Node {
+    /// Its node id (1 for the stack's single node).
+    id: u16,
     /// Where its configuration, cluster id and log segments live.
     dir: PathBuf,
     /// Client listener port.
     port: u16,
     /// Controller listener port.
     controller_port: u16,
+    /// The static controller quorum (`id@host:port,...`) of a multi-node
+    /// cluster; `None` for the stack's single standalone node.
+    voters: Option<String>,
 }
 
 impl Node {
     fn of(s: &StackConfig) -> Self {
-        Self { dir: s.data_dir.join("kafka"), port: s.kafka_port, controller_port: s.kafka_controller_port }
+        Self {
+            id: 1,
+            dir: s.data_dir.join("kafka"),
+            port: s.kafka_port,
+            controller_port: s.kafka_controller_port,
+            voters: None,
+        }
+    }
+
+    /// Nodes in the quorum: replicas of the internal topics follow it (3 at most).
+    fn replication(&self) -> usize {
+        self.voters.as_ref().map_or(1, |v| v.split(',').count().min(3))
     }
 
     fn properties(&self) -> String {
-        let (port, cport) = (self.port, self.controller_port);
+        let (id, port, cport) = (self.id, self.port, self.controller_port);
         let data = self.dir.join("data");
+        let quorum = match &self.voters {
+            Some(v) => format!("controller.quorum.voters={v}"),
+            None => format!("controller.quorum.bootstrap.servers=127.0.0.1:{cport}"),
+        };
+        // One node: every internal topic on it. Three: RF 3 and two in sync,
+        // so acknowledged writes survive the loss of any one node.
+        let rf = self.replication();
+        let isr = rf.min(2);
         format!(
             "# Written by `lifecycle stack up`; edits are overwritten at the next start.\n\
              process.roles=broker,controller\n\
-             node.id=1\n\
-             controller.quorum.bootstrap.servers=127.0.0.1:{cport}\n\
+             node.id={id}\n\
+             {quorum}\n\
              listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
              advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
              listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
@@ -110,11 +134,12 @@ impl Node {
              log.dirs={data}\n\
              num.partitions=1\n\
              auto.create.topics.enable=false\n\
-             offsets.topic.replication.factor=1\n\
-             transaction.state.log.replication.factor=1\n\
-             transaction.state.log.min.isr=1\n\
-             share.coordinator.state.topic.replication.factor=1\n\
-             share.coordinator.state.topic.min.isr=1\n\
+             default.replication.factor={rf}\n\
+             offsets.topic.replication.factor={rf}\n\
+             transaction.state.log.replication.factor={rf}\n\
+             transaction.state.log.min.isr={isr}\n\
+             share.coordinator.state.topic.replication.factor={rf}\n\
+             share.coordinator.state.topic.min.isr={isr}\n\
              group.initial.rebalance.delay.ms=0\n\
              # Abort transactions of producers that died within a second of their\n\
              # timeout (default: checked every 10 s), so read_committed readers\n\
@@ -179,8 +204,14 @@ fn prepare(node: &Node, libs: &Path, logs: &Path) -> Result<PathBuf, StackError>
         }
     };
     if !node.dir.join("data/meta.properties").is_file() {
-        let out = java(libs)
-            .args(["kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted", "-t", &id, "-c"])
+        let mut format = java(libs);
+        format.args(["kafka.tools.StorageTool", "format"]);
+        // A static quorum is named in the configuration; a single node bootstraps its own.
+        if node.voters.is_none() {
+            format.arg("--standalone");
+        }
+        let out = format
+            .args(["--ignore-formatted", "-t", &id, "-c"])
             .arg(&props)
             .output()
             .map_err(|e| err("kafka", format!("java (storage format): {e}")))?;
@@ -194,19 +225,12 @@ fn prepare(node: &Node, libs: &Path, logs: &Path) -> Result<PathBuf, StackError>
     Ok(props)
 }
 
-pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
-    if port_open(s.kafka_port).await {
-        println!("kafka: already answering on 127.0.0.1:{}", s.kafka_port);
-        return Ok(());
-    }
-    let libs = install(s)?;
-    let node = Node::of(s);
-    let logs = s.data_dir.join("logs/kafka");
-    let props = prepare(&node, &libs, &logs)?;
+/// The command that runs a prepared node.
+fn node_command(node: &Node, libs: &Path, logs: &Path, props: &Path, heap_mib: u32) -> Command {
     let mut cmd = Command::new("java");
     cmd.args([
-        &format!("-Xms{0}m", s.kafka_heap_mib),
-        &format!("-Xmx{0}m", s.kafka_heap_mib),
+        &format!("-Xms{heap_mib}m"),
+        &format!("-Xmx{heap_mib}m"),
         "-server",
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",
@@ -219,9 +243,22 @@ pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
     .arg("-cp")
     .arg(format!("{}/*", libs.display()))
     .arg("kafka.Kafka")
-    .arg(&props)
+    .arg(props)
     .env_remove("JMX_PORT")
     .env_remove("KAFKA_OPTS");
+    cmd
+}
+
+pub(super) async fn up(s: &StackConfig) -> Result<(), StackError> {
+    if port_open(s.kafka_port).await {
+        println!("kafka: already answering on 127.0.0.1:{}", s.kafka_port);
+        return Ok(());
+    }
+    let libs = install(s)?;
+    let node = Node::of(s);
+    let logs = s.data_dir.join("logs/kafka");
+    let props = prepare(&node, &libs, &logs)?;
+    let cmd = node_command(&node, &libs, &logs, &props, s.kafka_heap_mib);
     let log = log_file(s, "kafka");
     let pid_path = pid_file(s, "kafka");
     let pid = spawn_detached("kafka", cmd, &log, &pid_path)?;
@@ -278,6 +315,144 @@ pub(super) async fn status(s: &StackConfig) -> ServiceStatus {
     }
 }
 
+/// A multi-node Apache Kafka cluster on 127.0.0.1 for tests of replication and
+/// broker loss: `n` KRaft nodes, each broker and controller, with a static
+/// quorum, internal topics at RF 3 and `min.insync.replicas` 2. Node `i` (from
+/// 0) listens on `first_port + 2i` (clients) and `first_port + 2i + 1`
+/// (controller); its data and logs are under `dir/node-<i+1>`. Every start
+/// formats a fresh cluster (a previous run's processes, found by their pid
+/// files, are killed first); dropping the value kills the nodes.
+pub struct Cluster {
+    libs: PathBuf,
+    heap_mib: u32,
+    nodes: Vec<(Node, Option<std::process::Child>)>,
+}
+
+impl Cluster {
+    /// Formats and starts the nodes and waits until every one serves clients.
+    pub async fn start(
+        s: &StackConfig,
+        dir: &Path,
+        first_port: u16,
+        n: u16,
+        heap_mib: u32,
+    ) -> Result<Self, StackError> {
+        let io = |e: std::io::Error| err("kafka cluster", e.to_string());
+        let libs = install(s)?;
+        if dir.exists() {
+            for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
+                let pid_path = entry.path().join("node.pid");
+                if running_pid(&pid_path).is_some() {
+                    stop_within("kafka cluster", &pid_path, Duration::from_secs(1))?;
+                }
+            }
+            std::fs::remove_dir_all(dir).map_err(io)?;
+        }
+        let voters: Vec<String> = (0..n).map(|i| format!("{}@127.0.0.1:{}", i + 1, first_port + 2 * i + 1)).collect();
+        let id = new_cluster_id();
+        let mut cluster = Self { libs, heap_mib, nodes: Vec::new() };
+        for i in 0..n {
+            let node = Node {
+                id: i + 1,
+                dir: dir.join(format!("node-{}", i + 1)),
+                port: first_port + 2 * i,
+                controller_port: first_port + 2 * i + 1,
+                voters: Some(voters.join(",")),
+            };
+            if port_open(node.port).await || port_open(node.controller_port).await {
+                return Err(err(
+                    "kafka cluster",
+                    format!("port {} or {} is taken by another process", node.port, node.controller_port),
+                ));
+            }
+            std::fs::create_dir_all(&node.dir).map_err(io)?;
+            std::fs::write(node.dir.join("cluster.id"), &id).map_err(io)?;
+            cluster.nodes.push((node, None));
+        }
+        // Every node is started before any is waited for: a broker serves
+        // clients only once the controllers have a quorum.
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i)?;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_ready(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// `127.0.0.1:<port>,...` of every node, for `kafka.bootstrap_servers`.
+    pub fn bootstrap_servers(&self) -> String {
+        self.nodes.iter().map(|(n, _)| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The broker log of node `i` (from 0).
+    pub fn server_log(&self, i: usize) -> PathBuf {
+        self.nodes[i].0.dir.join("logs/server.log")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), StackError> {
+        let (node, child) = &mut self.nodes[i];
+        let logs = node.dir.join("logs");
+        let props = prepare(node, &self.libs, &logs)?;
+        let mut cmd = node_command(node, &self.libs, &logs, &props, self.heap_mib);
+        let out = std::fs::File::create(logs.join("stdout.log")).map_err(|e| err("kafka cluster", e.to_string()))?;
+        let out2 = out.try_clone().map_err(|e| err("kafka cluster", e.to_string()))?;
+        let spawned = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(out2)
+            .spawn()
+            .map_err(|e| err("kafka cluster", format!("spawn: {e}")))?;
+        std::fs::write(node.dir.join("node.pid"), spawned.id().to_string())
+            .map_err(|e| err("kafka cluster", e.to_string()))?;
+        *child = Some(spawned);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, i: usize) -> Result<(), StackError> {
+        let port = self.nodes[i].0.port;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            if port_open(port).await {
+                return Ok(());
+            }
+            if let Some(child) = self.nodes[i].1.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(err(
+                    "kafka cluster",
+                    format!("node {} exited ({status}):\n{}", i + 1, tail(&self.server_log(i), 20)),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(err("kafka cluster", format!("node {} not serving after 120 s:\n{}", i + 1, tail(&self.server_log(i), 20))))
+    }
+
+    /// Kills node `i` with SIGKILL: no clean shutdown, no leadership handed over.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].1.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its data and waits until it serves clients.
+    pub async fn restart(&mut self, i: usize) -> Result<(), StackError> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_ready(i).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,7 +467,7 @@ mod tests {
 
     #[test]
     fn the_node_listens_on_loopback_only_with_single_replica_internal_topics() {
-        let node = Node { dir: PathBuf::from("/x/kafka"), port: 9092, controller_port: 9093 };
+        let node = Node { id: 1, dir: PathBuf::from("/x/kafka"), port: 9092, controller_port: 9093, voters: None };
         let p = node.properties();
         for line in [
             "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
@@ -307,5 +482,25 @@ mod tests {
             assert!(p.lines().any(|l| l == line), "missing {line}");
         }
         assert!(!p.contains("0.0.0.0"));
+    }
+
+    #[test]
+    fn cluster_nodes_name_the_static_quorum_and_replicate_internal_topics_three_times() {
+        let voters = "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097".to_owned();
+        let node =
+            Node { id: 2, dir: PathBuf::from("/c/node-2"), port: 19094, controller_port: 19095, voters: Some(voters) };
+        let p = node.properties();
+        for line in [
+            "node.id=2",
+            "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097",
+            "listeners=PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095",
+            "offsets.topic.replication.factor=3",
+            "transaction.state.log.replication.factor=3",
+            "transaction.state.log.min.isr=2",
+            "default.replication.factor=3",
+        ] {
+            assert!(p.lines().any(|l| l == line), "missing {line}");
+        }
+        assert!(!p.contains("controller.quorum.bootstrap.servers"));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod clickhouse;
 mod kafka;
+pub use kafka::Cluster as KafkaCluster;
 pub mod node;
 mod postgres;
 mod proc;

@@ -7,6 +7,7 @@ mod analytics_sink;
 mod clickhouse;
 mod clickhouse_compat;
 mod clickhouse_outage;
+mod cluster;
 mod common;
 mod deploy;
 mod ingest_api;

@@ -112,7 +112,7 @@ pub(crate) async fn produce_valid_as(
     events
 }
 
-async fn applied_offsets(pool: &sqlx::PgPool, group: &str) -> i64 {
+pub(crate) async fn applied_offsets(pool: &sqlx::PgPool, group: &str) -> i64 {
     sqlx::query_scalar::<_, Option<i64>>("SELECT sum(next_offset)::bigint FROM stage_offsets WHERE consumer_group = $1")
         .bind(group)
         .fetch_one(pool)
@@ -122,7 +122,7 @@ async fn applied_offsets(pool: &sqlx::PgPool, group: &str) -> i64 {
 }
 
 /// Compares every stored profile with the recount; checks history and stages.
-async fn check_profiles(cfg: &lifecycle_jobs::LifecycleConfig, pool: &sqlx::PgPool, events: &[Value]) {
+pub(crate) async fn check_profiles(cfg: &lifecycle_jobs::LifecycleConfig, pool: &sqlx::PgPool, events: &[Value]) {
     let expected = recount(events);
     let rows = sqlx::query(
         "SELECT external_id, profile, current_lifecycle_stage, id FROM users WHERE starts_with(external_id, $1)",
