@@ -119,13 +119,13 @@ impl Envelope {
     /// Encodes a validated event as an Avro body (without the Confluent header).
     pub fn encode(&self, event: &Event) -> Result<Vec<u8>, PipelineError> {
         let enc_err = |message: String| PipelineError::Encode { event_id: event.event_id.clone(), message };
+        let props = event
+            .event_properties
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| enc_err(e.to_string()))?;
         if self.v1 {
-            let props = event
-                .event_properties
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| enc_err(e.to_string()))?;
             let mut out = Vec::with_capacity(256);
             crate::envelope_codec::encode(event, props.as_deref(), &mut out);
             return Ok(out);
@@ -140,12 +140,6 @@ impl Envelope {
                 Box::new(Avro::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), opt_str(v))).collect())),
             )
         };
-        let props = event
-            .event_properties
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| enc_err(e.to_string()))?;
         let device = match &event.device_info {
             None => Avro::Union(0, Box::new(Avro::Null)),
             Some(d) => record(vec![

@@ -104,17 +104,9 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     assert_eq!(produced.total, 10_000);
 
     let mut second = spawn_stage(&config_path, &dir.join("second.log"));
-    let (envelope, _) = schemas();
     let done = eventually(120, || {
-        let valid: HashSet<String> = read_all(&cfg, Topic::EventsValid)
-            .iter()
-            .filter_map(|(_, _, _, p)| match wire::sniff(p) {
-                Ok(wire::Encoding::Avro { body, .. }) => envelope.decode(envelope.schema(), body).ok(),
-                _ => None,
-            })
-            .filter_map(|o| o["event_id"].as_str().map(str::to_owned))
-            .collect();
-        valid.len() >= 9_000 && count(&cfg, Topic::EventsDlq) >= 1_000
+        let (_, ids, dlq, _) = committed_outputs(&cfg);
+        ids >= 9_000 && dlq >= 1_000
     })
     .await;
     let _ = Command::new("kill").arg(second.id().to_string()).status();
