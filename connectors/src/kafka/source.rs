@@ -109,8 +109,16 @@ impl BatchSource {
 
     /// Waits up to `idle` for one record (an empty batch when none came), then
     /// gathers more until `max` records or `linger` has passed since the first.
+    ///
+    /// A rebalance can happen while a batch is gathered (librdkafka serves it
+    /// inside `recv`). The batch then keeps a partition's records only if this
+    /// member still owns it and reads on from right after them: the records of
+    /// a partition another member now owns would be committed under the new
+    /// generation over that member's start, and those of a partition handed
+    /// back (read again from its committed offset) would be read twice.
     pub async fn next_batch(&self, max: usize, linger: Duration, idle: Duration) -> Result<Vec<RawRecord>, KafkaError> {
         let mut batch = Vec::with_capacity(max.min(4096));
+        let mut rebalances = self.rebalances();
         let idle_until = tokio::time::Instant::now() + idle;
         let first = loop {
             match tokio::time::timeout_at(idle_until, self.consumer.recv()).await {
@@ -127,7 +135,23 @@ impl BatchSource {
         drop(first);
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+            let next = tokio::time::timeout_at(deadline, self.consumer.recv()).await;
+            if self.rebalances() != rebalances {
+                rebalances = self.rebalances();
+                let arrived = match &next {
+                    Ok(Ok(m)) => Some((m.topic(), m.partition(), m.offset())),
+                    _ => None,
+                };
+                let positions = self.consumer.position()?;
+                keep_after_rebalance(&mut batch, |topic, partition| match arrived {
+                    Some((t, p, offset)) if t == topic && p == partition => Some(offset),
+                    _ => match positions.find_partition(topic, partition).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => Some(o),
+                        _ => None,
+                    },
+                });
+            }
+            match next {
                 Err(_) => break,
                 Ok(Ok(m)) => batch.push(owned(&m, &mut topics)),
                 Ok(Err(e)) if recovers_by_itself(&e) => {
@@ -183,9 +207,34 @@ impl BatchSource {
         self.consumer.group_metadata()
     }
 
-    /// Moves every assigned partition back to the group's committed offset (the
-    /// start when none is), so records whose outputs were aborted are read again.
-    pub fn rewind(&self) -> Result<(), KafkaError> {
+    /// Moves each partition of `batch` back to the batch's first record of it,
+    /// so a batch whose outputs were aborted is read again. That is where the
+    /// group's committed offset stands: a batch starts where the last committed
+    /// or rewound one ended, and holds no partition it lost in a rebalance
+    /// (see [`BatchSource::next_batch`]). No broker is asked, so the rewind
+    /// works while the group coordinator is out of reach, which is when
+    /// transactions abort.
+    pub fn rewind(&self, batch: &[RawRecord]) -> Result<(), KafkaError> {
+        let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let e = first.entry((&*r.topic, r.partition)).or_insert(r.offset);
+            *e = (*e).min(r.offset);
+        }
+        tokio::task::block_in_place(|| {
+            for ((topic, partition), offset) in first {
+                self.consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Moves every assigned partition back to the group's committed offset
+    /// (the start when none is). For a transaction whose outcome the producer
+    /// could not learn (its commit timed out and the abort was refused): the
+    /// broker finishes it either way, and the committed offsets, read once it
+    /// has (`read_committed` asks for stable offsets), say whether the batch
+    /// counts.
+    pub fn rewind_to_committed(&self) -> Result<(), KafkaError> {
         tokio::task::block_in_place(|| {
             let timeout = Duration::from_secs(10);
             let assigned = self.consumer.assignment()?;
@@ -249,6 +298,26 @@ impl BatchSource {
     }
 }
 
+/// After a rebalance in the middle of gathering a batch: keeps the records of
+/// a partition only if this member still reads it on from right after them.
+/// `next_read` gives, per partition, the offset the consumer reads next (`None`
+/// when the partition is no longer assigned, or was assigned afresh and will be
+/// read again from the group's committed offset, which the eager protocol does
+/// to every partition it hands back).
+fn keep_after_rebalance(records: &mut Vec<RawRecord>, next_read: impl Fn(&str, i32) -> Option<i64>) {
+    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for r in records.iter() {
+        let e = last.entry((&*r.topic, r.partition)).or_insert(r.offset);
+        *e = (*e).max(r.offset);
+    }
+    let keep: Vec<(String, i32)> = last
+        .into_iter()
+        .filter(|&((topic, partition), last)| next_read(topic, partition) == Some(last + 1))
+        .map(|((topic, partition), _)| (topic.to_owned(), partition))
+        .collect();
+    records.retain(|r| keep.iter().any(|(t, p)| *p == r.partition && **t == *r.topic));
+}
+
 /// The topic names of a batch, one allocation each.
 #[derive(Default)]
 struct Topics(Vec<Arc<str>>);
@@ -305,6 +374,30 @@ pub fn recovers_by_itself(e: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(topic: &Arc<str>, partition: i32, offset: i64) -> RawRecord {
+        RawRecord { topic: topic.clone(), partition, offset, key: None, payload: vec![], headers: vec![] }
+    }
+
+    #[test]
+    fn after_a_mid_batch_rebalance_only_partitions_read_on_from_right_after_the_batch_keep_their_records() {
+        let t: Arc<str> = Arc::from("events.raw");
+        let mut batch: Vec<RawRecord> =
+            [(0, 10), (1, 20), (0, 11), (2, 30), (1, 21), (3, 40)].iter().map(|&(p, o)| rec(&t, p, o)).collect();
+        // 0 is read on from 12 (kept, cooperative); 1 was handed back and is
+        // read again from its committed offset 20; 2 went to another member;
+        // 3 was handed back and nothing of it has been read since.
+        keep_after_rebalance(&mut batch, |topic, p| {
+            assert_eq!(topic, "events.raw");
+            match p {
+                0 => Some(12),
+                1 => Some(20),
+                _ => None,
+            }
+        });
+        let left: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(left, [(0, 10), (0, 11)]);
+    }
 
     #[test]
     fn a_lost_broker_or_moving_leader_is_waited_out_but_a_missing_topic_is_not() {

@@ -7,6 +7,7 @@ use lifecycle_pipeline::dlq::DlqRecord;
 use lifecycle_pipeline::{ReasonCode, Topic, wire};
 
 use crate::common::{count, eventually, produce_mixed, read_all, run_stage_until, schemas, test_config};
+use lifecycle_jobs::demo;
 
 /// Checks the outputs: exactly the valid event ids on events.valid (deduplicated
 /// by event_id), exactly the broken records on events.dlq (deduplicated by
@@ -234,4 +235,54 @@ async fn kcat_reads_events_valid_and_events_dlq() {
         let header = if topic == Topic::EventsValid { "event_type=" } else { "reason=" };
         assert!(lines.iter().all(|l| l.contains(header)), "{topic:?} records carry {header}: {:?}", lines.first());
     }
+}
+
+/// A member joins while another is gathering a batch: the rebalance is served
+/// inside that batch's reads. The batch keeps only records the first member
+/// still owns, none twice (librdkafka's default eager protocol hands every
+/// partition back and reads it again from the committed offset), so the two
+/// members together hold every record exactly once. Before this, the batch
+/// kept the records of partitions the newcomer took over, and its transaction
+/// committed their offsets under the new generation: events.valid got them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_in_the_middle_of_a_batch_leaves_no_record_in_two_batches() {
+    use lifecycle_connectors::kafka::source::BatchSource;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let (cfg, reg) = test_config("midbatch").await;
+    let produced = produce_mixed(&cfg, &reg, 3_000, 0, 1).await;
+    let raw = cfg.topics.name(Topic::EventsRaw);
+    let partitions = demo::high_watermarks(&cfg, &raw).expect("watermarks");
+    assert!(partitions.len() >= 2, "events.raw has partitions to share");
+    let group = format!("{}-midbatch", cfg.validate.group_id);
+
+    let first = Arc::new(BatchSource::subscribe(&cfg.kafka, &group, &[&raw]).expect("first member"));
+    let gathering = {
+        let first = first.clone();
+        // A linger long enough for the second member's join to land inside it.
+        tokio::spawn(async move { first.next_batch(1_000_000, Duration::from_secs(15), Duration::from_secs(30)).await })
+    };
+    assert!(
+        eventually(30, || first.assigned_partitions().unwrap_or(0) == partitions.len()).await,
+        "the first member holds every partition"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = BatchSource::subscribe(&cfg.kafka, &group, &[&raw]).expect("second member");
+    let mut theirs = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < until {
+        theirs
+            .extend(second.next_batch(10_000, Duration::from_millis(200), Duration::from_secs(1)).await.expect("read"));
+    }
+    let mine = gathering.await.expect("join").expect("batch");
+
+    let owned: HashSet<i32> = first.lag().expect("assignment").into_iter().map(|(_, partition, _)| partition).collect();
+    assert!(!owned.is_empty() && owned.len() < partitions.len(), "the partitions were shared: {owned:?}");
+    assert!(mine.iter().all(|r| owned.contains(&r.partition)), "the batch holds only partitions its member owns");
+    let mut seen = HashSet::new();
+    for r in mine.iter().chain(&theirs) {
+        assert!(seen.insert((r.partition, r.offset)), "record {}@{} read by both or twice", r.partition, r.offset);
+    }
+    assert_eq!(seen.len(), produced.total, "every record once across the two members");
 }

@@ -2,7 +2,7 @@
 //! record (pure), then deliver: by default the outputs and the batch's input
 //! offsets commit in one Kafka transaction (exactly-once for `read_committed`
 //! readers; an aborted transaction rewinds the consumer and the batch is read
-//! again). With `kafka.transactions = false` (brokers without transactions) the
+//! again from its first offsets). With `kafka.transactions = false` (brokers without transactions) the
 //! outputs are produced and acknowledged, then the offsets committed: a crash
 //! in between re-processes the batch (at-least-once; `event_id` identifies the
 //! duplicates).
@@ -140,7 +140,8 @@ impl Delivery {
                 };
                 m.retries.with_label_values(&["transaction"]).inc();
                 tracing::warn!(error = %e, records = batch.len(), "transaction not committed; the batch will be read again");
-                if let TxError::Fatal(_) = e {
+                let unknown_outcome = matches!(e, TxError::Fatal(_));
+                if unknown_outcome {
                     let mut attempt = 0;
                     loop {
                         match TxSink::new(&cfg.kafka, id) {
@@ -157,8 +158,18 @@ impl Delivery {
                         }
                     }
                 }
-                if let Err(e) = source.rewind() {
-                    tracing::warn!(error = %e, "rewind failed; the next rebalance resets the positions");
+                // Reading on without the rewind would skip the batch. An abort
+                // that went through leaves the batch uncommitted: back to its
+                // first offsets. Otherwise the transaction may have committed
+                // after all, and only the group's committed offsets tell.
+                let mut attempt = 0;
+                loop {
+                    let rewound = if unknown_outcome { source.rewind_to_committed() } else { source.rewind(batch) };
+                    let Err(e) = rewound else { break };
+                    health.stalled(format!("rewind: {e}"));
+                    tracing::warn!(error = %e, attempt, "rewind failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
                 }
                 false
             }
