@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifecycle_connectors::clickhouse::ClickHouseConfig;
+use lifecycle_connectors::http::egress::EgressConfig;
 use lifecycle_connectors::http_analytics::AnalyticsApiConfig;
 use lifecycle_connectors::http_ingest::IngestConfig;
 use lifecycle_connectors::kafka::config::KafkaConfig;
@@ -97,6 +98,9 @@ pub struct LifecycleConfig {
     pub registry: RegistryConfig,
     /// The local stack.
     pub stack: StackConfig,
+    /// What outbound requests (webhooks, HTTP service tasks, callbacks) may
+    /// reach besides public addresses.
+    pub egress: EgressConfig,
     /// How long a stage or service may take to stop after SIGTERM before it
     /// exits without committing the batch in hand, in seconds (keep it below
     /// the orchestrator's termination grace period).
@@ -124,6 +128,7 @@ impl Default for LifecycleConfig {
             analytics_api: AnalyticsApiConfig::default(),
             registry: RegistryConfig::default(),
             stack: StackConfig::default(),
+            egress: EgressConfig::default(),
             shutdown_grace_secs: 30,
             source: None,
         }

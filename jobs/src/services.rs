@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use lifecycle_connectors::http::auth::ApiKeys;
+use lifecycle_connectors::http::egress::EgressPolicy;
 use lifecycle_connectors::http::ops;
 use lifecycle_connectors::http_analytics;
 use lifecycle_connectors::http_ingest::{IngestState, router};
@@ -66,6 +67,7 @@ pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
         lifecycle_connectors::http_workflows::router(lifecycle_connectors::http_workflows::WorkflowsState {
             pool,
             events_topic: cfg.topics.name(Topic::WorkflowEvents),
+            egress: Arc::new(EgressPolicy::new(&cfg.egress)?),
         });
     Ok(router(state, users.merge(analytics).merge(workflows)))
 }

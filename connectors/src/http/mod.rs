@@ -1,7 +1,9 @@
 //! HTTP plumbing shared by every service: JSON errors, `/metrics` and `/healthz`,
-//! request metrics, API-key authentication with roles, and rate limiting.
+//! request metrics, API-key authentication with roles, rate limiting, and the
+//! guard on outbound requests.
 
 pub mod auth;
+pub mod egress;
 pub mod error;
 pub mod ops;
 pub mod rate_limit;

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use lifecycle_pipeline::workflow::bpmn::Process;
+use lifecycle_pipeline::workflow::bpmn::{NodeKind, Process, TaskAction};
 use serde_json::{Value, json};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -60,6 +60,20 @@ fn parse_bpmn(xml: &str) -> Result<Process, ApiError> {
     })
 }
 
+/// Every HTTP service task's URL must be one outbound requests may reach; a
+/// refusal names the task.
+async fn check_task_urls(s: &WorkflowsState, process: &Process) -> Result<(), ApiError> {
+    for node in process.nodes.values() {
+        if let NodeKind::Task { action: TaskAction::Http { url, .. }, .. } = &node.kind
+            && let Err(r) = s.egress.check_url(url).await
+        {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, r.code, format!("serviceTask '{}': {r}", node.id))
+                .with_details(json!({"field": "bpmn_xml", "element": "serviceTask", "id": node.id, "url": url})));
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn create(
     State(s): State<WorkflowsState>,
     Extension(caller): Extension<Caller>,
@@ -71,6 +85,7 @@ pub(super) async fn create(
     let name = b.required("name", 255)?;
     let xml = b.required("bpmn_xml", MAX_BODY)?;
     let process = parse_bpmn(xml)?;
+    check_task_urls(&s, &process).await?;
     let status = status_of(&b)?.unwrap_or("draft");
     if status == "archived" {
         return Err(ApiError::bad_field("status", "invalid_value", "a new version cannot start archived"));

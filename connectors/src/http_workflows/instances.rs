@@ -139,12 +139,16 @@ pub(super) async fn execute(
             ApiError::bad_field("wait_ms", "invalid_value", format!("wait_ms must be an integer 0-{LONGEST_WAIT_MS}"))
         })?,
     };
+    let callback_url = b.url("callback_url")?;
+    if let Some(url) = &callback_url {
+        super::check_egress(&s, "callback_url", url).await?;
+    }
     let n = NewInstance {
         id: b.uuid("instance_id")?.unwrap_or_else(Uuid::new_v4),
         workflow_id: wf_id,
         user_id: resolve_user(user),
         variables: Value::Object(variables),
-        callback_url: b.url("callback_url")?,
+        callback_url,
         trigger_id: None,
     };
     let created = match store::insert_instance(&s.pool, &n).await {

@@ -26,6 +26,13 @@ pub struct WorkflowsState {
     /// Real name of `workflow.events` (cancellations made through the API go
     /// to the engine's outbox for it).
     pub events_topic: String,
+    /// What webhook, HTTP task and callback URLs may reach.
+    pub egress: std::sync::Arc<crate::http::egress::EgressPolicy>,
+}
+
+/// A 400 naming `field` when `url` is one outbound requests may not reach.
+async fn check_egress(s: &WorkflowsState, field: &str, url: &str) -> Result<(), ApiError> {
+    s.egress.check_url(url).await.map_err(|r| ApiError::bad_field(field, r.code, format!("{field}: {r}")))
 }
 
 const MAX_BODY: usize = 1024 * 1024;

@@ -15,7 +15,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::{Body, MAX_BODY, WorkflowsState, db_error, delete_row, listing, not_found, page, path_uuid};
+use super::{Body, MAX_BODY, WorkflowsState, check_egress, db_error, delete_row, listing, not_found, page, path_uuid};
 use crate::http::auth::{Access, Caller};
 use crate::http::error::{ApiError, json_body};
 
@@ -48,6 +48,7 @@ pub(super) async fn create(
     let v = json_body(body, MAX_BODY)?;
     let b = Body::new(&v, &["url", "event_types"])?;
     let url = b.url("url")?.ok_or_else(|| ApiError::bad_field("url", "missing_required_field", "url is required"))?;
+    check_egress(&s, "url", &url).await?;
     let bad = || {
         ApiError::bad_field(
             "event_types",

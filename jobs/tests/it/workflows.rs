@@ -40,8 +40,8 @@ struct Received {
 }
 
 /// The test's HTTP peer: records every request. `/flaky/*` fails the first 3
-/// calls per path, `/broken/*` fails while `broken` is set, anything else
-/// answers 200 after `delay_ms`.
+/// calls per path, `/broken/*` fails while `broken` is set, `/to-metadata/*`
+/// redirects to the cloud metadata address, anything else answers 200 after `delay_ms`.
 #[derive(Clone, Default)]
 struct Peer {
     calls: Arc<Mutex<Vec<Received>>>,
@@ -51,7 +51,22 @@ struct Peer {
 
 impl Peer {
     async fn start(self) -> (Self, String) {
-        async fn handle(State(p): State<Peer>, uri: Uri, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+        self.start_on("127.0.0.1").await
+    }
+
+    async fn start_on(self, host: &str) -> (Self, String) {
+        async fn handle(State(p): State<Peer>, uri: Uri, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let mut resp = answer(&p, &uri, &headers, &body).await.into_response();
+            if uri.path().starts_with("/to-metadata") {
+                resp.headers_mut().insert(
+                    axum::http::header::LOCATION,
+                    axum::http::HeaderValue::from_static("http://169.254.169.254/latest/meta-data/"),
+                );
+            }
+            resp
+        }
+        async fn answer(p: &Peer, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> (StatusCode, String) {
             let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let path = uri.path().to_owned();
             let earlier = {
@@ -75,10 +90,13 @@ impl Peer {
             if path.starts_with("/broken") && p.broken.load(std::sync::atomic::Ordering::SeqCst) {
                 return (StatusCode::INTERNAL_SERVER_ERROR, "down".into());
             }
+            if path.starts_with("/to-metadata") {
+                return (StatusCode::TEMPORARY_REDIRECT, String::new());
+            }
             (StatusCode::OK, json!({"ok": true, "path": path}).to_string())
         }
         let app = axum::Router::new().fallback(handle).with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind peer");
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.expect("bind peer");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         (self, base)
@@ -106,6 +124,8 @@ async fn setup(name: &str) -> (LifecycleConfig, PgPool, u32) {
     cfg.workflows.task_timeout_ms = 5000;
     cfg.workflows.lease_secs = 30;
     cfg.workflows.signing_secret = SECRET.into();
+    // The test peers listen on loopback, which outbound requests may reach only when allowed.
+    cfg.egress.allow = vec!["127.0.0.1".into()];
     (cfg, pool, reg.valid_envelope_id)
 }
 
@@ -895,6 +915,129 @@ async fn kill_9_with_1000_instances_in_flight_completes_each_exactly_once() {
         (json!("invalid_field"), json!(cfg.topics.name(Topic::WorkflowCommands)))
     );
 
+    pool.close().await;
+    drop_database(&cfg).await;
+}
+
+/// Server-side request forgery: webhooks, HTTP tasks and callbacks reach only
+/// public addresses or what `[egress] allow` names; refused at registration
+/// (a 400 naming the field), at delivery (an incident, a failed delivery, no
+/// retries), and on redirects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_requests_reach_only_public_or_allowlisted_addresses() {
+    let (mut cfg, pool, _) = setup("wfegress").await;
+    // The peer listens on 127.0.0.2 and only that address is allowed: the
+    // rest of loopback (127.0.0.1, localhost) is not.
+    let (peer, peer_url) = Peer::default().start_on("127.0.0.2").await;
+    cfg.egress.allow = vec!["127.0.0.2".into()];
+    let api = start_with(cfg.clone()).await;
+    let (_, admin) = key(&cfg, Role::Admin).await;
+    sqlx::query("INSERT INTO users (id, external_id, current_lifecycle_stage) VALUES ($1, 'wf-user', 'Acquisition')")
+        .bind(lifecycle_connectors::postgres::profiles::user_uuid("wf-user"))
+        .execute(&pool)
+        .await
+        .expect("user");
+    let ok = active_workflow(&api, &admin, "ok", &one_call(&format!("{peer_url}/ok"), 3)).await;
+
+    for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9000/hook",
+        "http://[::ffff:169.254.169.254]/",
+        "http://localhost/hook",
+        "http://0.0.0.0/",
+    ] {
+        let (s, e, _) =
+            api.post("/webhooks", Some(&admin), body(json!({"url": url, "event_types": ["segment.entered"]}))).await;
+        assert_eq!(
+            (s, e["code"].clone(), e["details"]["field"].clone()),
+            (400, json!("non_public_address"), json!("url")),
+            "{url}: {e}"
+        );
+        let (s, e, _) =
+            api.post("/workflows", Some(&admin), body(json!({"name": "ssrf", "bpmn_xml": one_call(url, 1)}))).await;
+        assert_eq!(
+            (s, e["code"].clone(), e["details"]["field"].clone(), e["details"]["id"].clone()),
+            (400, json!("non_public_address"), json!("bpmn_xml"), json!("call")),
+            "{url}: {e}"
+        );
+        let (s, e, _) = api
+            .post(
+                &format!("/workflows/{ok}/execute"),
+                Some(&admin),
+                body(json!({"user_id": "wf-user", "callback_url": url})),
+            )
+            .await;
+        assert_eq!((s, e["details"]["field"].clone()), (400, json!("callback_url")), "{url}: {e}");
+    }
+    let (s, e, _) = api
+        .post(
+            "/webhooks",
+            Some(&admin),
+            body(json!({"url": "http://169.254.169.254/", "event_types": ["segment.entered"]})),
+        )
+        .await;
+    assert!(e["message"].as_str().is_some_and(|m| m.contains("169.254.169.254 is a link-local address")), "{s} {e}");
+    // A public address, and the allowed peer, are accepted.
+    for url in ["https://93.184.215.14/hook", &format!("{peer_url}/hook")] {
+        let (s, e, _) =
+            api.post("/webhooks", Some(&admin), body(json!({"url": url, "event_types": ["segment.entered"]}))).await;
+        assert_eq!(s, 201, "{url}: {e}");
+    }
+
+    let (running, _) = Running::engine(&cfg);
+    // An allowed task whose answer redirects to the metadata service: the
+    // redirect is not followed, and the task fails at once (an incident, no retries).
+    let redirected =
+        active_workflow(&api, &admin, "redirected", &one_call(&format!("{peer_url}/to-metadata"), 3)).await;
+    let (s, started, _) =
+        api.post(&format!("/workflows/{redirected}/execute"), Some(&admin), body(json!({"user_id": "wf-user"}))).await;
+    assert_eq!(s, 202, "{started}");
+    let id = started["instance_id"].as_str().expect("id").to_owned();
+    wait_status(&pool, &id, "failed", 30).await;
+    let (_, got, _) = api.send(M::GET, &format!("/workflows/{redirected}/instances/{id}"), Some(&admin), vec![]).await;
+    assert_eq!(got["error"]["error_type"], "egress_refused", "{got}");
+    assert!(got["error"]["error_message"].as_str().is_some_and(|m| m.contains("169.254.169.254")), "{got}");
+    assert_eq!(peer.calls("/to-metadata").len(), 1, "not retried");
+
+    // A start command on workflow.commands (no API in between) with a private
+    // callback: the instance runs, the callback delivery fails at once with the reason.
+    let instance = uuid::Uuid::new_v4();
+    let command = OutRecord {
+        topic: cfg.topics.name(Topic::WorkflowCommands),
+        key: Some(b"wf-user".to_vec()),
+        payload: json!({"type": "start", "workflow_id": ok, "user_id": "wf-user", "instance_id": instance,
+                        "callback_url": "http://10.0.0.1/callback"})
+        .to_string()
+        .into_bytes(),
+        headers: vec![],
+    };
+    KafkaSink::new(&cfg.kafka).expect("producer").send_all(&[command]).await.expect("produce");
+    wait_status(&pool, &instance.to_string(), "completed", 30).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (status, attempts, error) = loop {
+        let row: Option<(String, i32, Option<String>)> = sqlx::query_as(
+            "SELECT status, attempts, last_error FROM webhook_deliveries WHERE url = 'http://10.0.0.1/callback'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .expect("deliveries");
+        match row {
+            Some(r) if r.0 != "pending" => break r,
+            _ if tokio::time::Instant::now() > deadline => panic!("the callback delivery was not attempted: {row:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!((status.as_str(), attempts), ("failed", 1), "{error:?}");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("egress_refused: ") && e.contains("10.0.0.1 is a private address")),
+        "{error:?}"
+    );
+
+    running.stop().await;
     pool.close().await;
     drop_database(&cfg).await;
 }

@@ -470,6 +470,20 @@ impl Instance {
         }
     }
 
+    /// A task attempt that must not be retried (its target is refused by
+    /// policy): an incident at once, with `error_type` as its reason. A rerun
+    /// after the cause is fixed starts the task again.
+    pub fn task_refused(&mut self, token: u64, error_type: &str, message: String, now: DateTime<Utc>) -> Vec<Effect> {
+        if self.status != Status::Running {
+            return vec![];
+        }
+        let Some(t) = self.tokens.iter().find(|t| t.id == token) else { return vec![] };
+        let TokenState::Working { attempt } = t.state else { return vec![] };
+        let node = t.node.clone();
+        *self.retries.entry(node.clone()).or_default() += 1;
+        self.fail(error_type, message, (&node, attempt), now)
+    }
+
     /// Re-runs a failed instance (an incident resolved by an operator): the
     /// failed task's token starts again with a fresh retry budget.
     pub fn rerun(&mut self, process: &Process, now: DateTime<Utc>) -> Vec<Effect> {
@@ -625,6 +639,21 @@ mod tests {
         assert_ne!(again[0].0, token, "a re-run is a new execution with a new idempotency key");
         assert_eq!(again[0].2, 1, "with a fresh retry budget");
         assert_eq!(i.status, Status::Running);
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_target_is_an_incident_at_once_and_a_rerun_tries_again() -> Result<(), String> {
+        let p = Process::parse(PURCHASE_FOLLOW_UP).map_err(|e| e.to_string())?;
+        let mut i = Instance::start(&p, vars(150.0), t(0));
+        let token = executes(&i.advance(&p, t(0)))[0].0;
+        let fx = i.task_refused(token, "egress_refused", "10.0.0.1 is a private address".into(), t(1));
+        let [Effect::Failed(f)] = fx.as_slice() else { return Err(format!("{fx:?}")) };
+        assert_eq!((f.error_type.as_str(), f.failed_step.as_str(), f.attempt), ("egress_refused", "thank", 1));
+        assert_eq!(i.status, Status::Failed);
+        assert!(i.task_refused(token, "egress_refused", "again".into(), t(2)).is_empty(), "reported once");
+        let again = executes(&i.rerun(&p, t(3)));
+        assert_eq!((again.len(), again[0].2), (1, 1), "a rerun starts the task afresh");
         Ok(())
     }
 

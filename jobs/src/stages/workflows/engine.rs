@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use lifecycle_connectors::http::egress::EgressPolicy;
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_connectors::postgres::profiles::resolve_user;
 use lifecycle_connectors::postgres::workflows::{
@@ -32,7 +33,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::config::WorkflowConfig;
-use super::tasks::{Call, Executor, action_name};
+use super::tasks::{Call, Executor, Failure, action_name};
 use crate::config::LifecycleConfig;
 use crate::stages::common::{Polled, Poller, backoff, serve_metrics};
 
@@ -250,16 +251,22 @@ impl Engine {
                 let label = if outcome.is_ok() { "succeeded" } else { "failed" };
                 self.m.task_attempts.with_label_values(&[action, label]).inc();
                 if let Err(e) = &outcome {
-                    tracing::info!(instance = %c.id, node, attempt, error = %e, "service task failed");
+                    tracing::info!(instance = %c.id, node, attempt, error = e.message(), "service task failed");
                 }
                 attempts.push(Attempt {
                     step: node,
                     attempt: attempt as i32,
-                    error: outcome.as_ref().err().cloned(),
+                    error: outcome.as_ref().err().map(|e| e.message().to_owned()),
                     idempotency_key: key,
                     duration_ms: took.as_millis().min(i32::MAX as u128) as i32,
                 });
-                effects.extend(inst.task_done(p, token, outcome, (Utc::now(), policy, rand::random::<f64>())));
+                effects.extend(match outcome {
+                    Err(Failure::Refused(message)) => inst.task_refused(token, "egress_refused", message, Utc::now()),
+                    Err(Failure::Retry(message)) => {
+                        inst.task_done(p, token, Err(message), (Utc::now(), policy, rand::random::<f64>()))
+                    }
+                    Ok(v) => inst.task_done(p, token, Ok(v), (Utc::now(), policy, rand::random::<f64>())),
+                });
             }
         }
     }
@@ -433,16 +440,21 @@ async fn deliver_webhooks(engine: Arc<Engine>, mut shutdown: watch::Receiver<boo
         };
         let results = futures::future::join_all(due.iter().map(|d| engine.exec.deliver(d))).await;
         for (d, r) in due.iter().zip(results) {
+            let refused = r.as_ref().err().and_then(|e| match e {
+                Failure::Refused(m) => Some(format!("egress_refused: {m}")),
+                Failure::Retry(_) => None,
+            });
             let (err, retry) = match &r {
                 Ok(()) => (None, None),
-                Err(e) if (d.attempts as u32 + 1) < engine.wc.webhook_max_attempts => {
+                Err(_) if refused.is_some() => (refused.as_deref(), None),
+                Err(Failure::Retry(e)) if (d.attempts as u32 + 1) < engine.wc.webhook_max_attempts => {
                     let base = Duration::from_millis(engine.wc.retry_base_ms);
                     let delay = base
                         .saturating_mul(1 << d.attempts.clamp(0, 16))
                         .min(Duration::from_millis(engine.wc.retry_max_ms));
                     (Some(e.as_str()), Some(delay.mul_f64(0.5 + 0.5 * rand::random::<f64>())))
                 }
-                Err(e) => (Some(e.as_str()), None),
+                Err(e) => (Some(e.message()), None),
             };
             let label = match (err, retry) {
                 (None, _) => "delivered",
@@ -494,13 +506,16 @@ pub async fn run(
     wc.node_id = wc.node_name();
     let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
     let sink = KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder()
+    let egress = Arc::new(EgressPolicy::new(&cfg.egress)?);
+    let http = egress
+        .client()
         .connect_timeout(Duration::from_millis(wc.task_timeout_ms))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let engine = Arc::new(Engine {
         exec: Executor {
             http,
+            egress,
             sink: sink.clone(),
             pool: pool.clone(),
             topics: cfg.topics.clone(),

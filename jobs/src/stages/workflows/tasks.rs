@@ -3,8 +3,10 @@
 //! the idempotency key of its execution (`{instance}:{node}:{token}`), which a
 //! retry after a crash repeats, so receivers can drop duplicates.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use lifecycle_connectors::http::egress::{self, EgressPolicy};
 use lifecycle_connectors::http::signature::{SIGNATURE_HEADER, sign};
 use lifecycle_connectors::kafka::sink::{KafkaSink, OutRecord};
 use lifecycle_connectors::postgres::workflows::Delivery;
@@ -34,9 +36,39 @@ pub(super) struct Call<'a> {
     pub scope: &'a Value,
 }
 
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Worth another attempt (the target was down, answered an error, ...).
+    Retry(String),
+    /// The target is one outbound requests may not reach: retrying cannot help.
+    Refused(String),
+}
+
+impl Failure {
+    /// The message.
+    pub(super) fn message(&self) -> &str {
+        match self {
+            Self::Retry(m) | Self::Refused(m) => m,
+        }
+    }
+
+    /// What a failed outbound request to `what` says: a refusal by the egress
+    /// policy (from the resolver or a redirect), or the error with its causes.
+    fn of_request(what: &str, e: &reqwest::Error) -> Self {
+        match egress::refusal(e) {
+            Some(r) => Self::Refused(format!("{what}: {r}")),
+            None => Self::Retry(format!("{what}: {}", egress::with_causes(e))),
+        }
+    }
+}
+
 /// Shared clients.
 pub(super) struct Executor {
+    /// Resolves through `egress` and checks redirects.
     pub http: reqwest::Client,
+    /// What outbound requests may reach.
+    pub egress: Arc<EgressPolicy>,
     pub sink: KafkaSink,
     pub pool: PgPool,
     pub topics: TopicNames,
@@ -69,9 +101,16 @@ impl Executor {
     }
 
     /// Runs one attempt; the output is stored under the node's id in `results`.
-    pub(super) async fn execute(&self, action: &TaskAction, call: &Call<'_>) -> Result<Value, String> {
+    pub(super) async fn execute(&self, action: &TaskAction, call: &Call<'_>) -> Result<Value, Failure> {
         match action {
             TaskAction::Http { url, method } => self.http_call(url, method, call).await,
+            other => self.execute_local(other, call).await.map_err(Failure::Retry),
+        }
+    }
+
+    async fn execute_local(&self, action: &TaskAction, call: &Call<'_>) -> Result<Value, String> {
+        match action {
+            TaskAction::Http { .. } => Err("not a local action".into()),
             TaskAction::Kafka { topic } => {
                 let name = self.topic_name(topic);
                 let payload = json!({
@@ -104,22 +143,32 @@ impl Executor {
         }
     }
 
-    async fn http_call(&self, url: &str, method: &str, call: &Call<'_>) -> Result<Value, String> {
+    /// Refuses a URL whose host is an address outbound requests may not
+    /// reach (names are checked by the client's resolver when it connects).
+    fn check_literal(&self, what: &str, url: &str) -> Result<(), Failure> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| Failure::Refused(format!("{what}: not a URL: {e}")))?;
+        self.egress.check_literal(&parsed).map(|_| ()).map_err(|r| Failure::Refused(format!("{what}: {r}")))
+    }
+
+    async fn http_call(&self, url: &str, method: &str, call: &Call<'_>) -> Result<Value, Failure> {
         let body = json!({
             "instance_id": call.instance_id, "workflow_id": call.workflow_id, "user_id": call.user_id,
             "node": call.node, "attempt": call.attempt, "idempotency_key": call.key, "variables": call.scope,
         });
-        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method}: {e}"))?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| Failure::Refused(format!("method {method}: {e}")))?;
+        let what = format!("{method} {url}");
+        self.check_literal(&what, url)?;
         let resp = self
             .signed(method.clone(), url, (call.key, &self.signing_secret), &body)
             .header("x-lifecycle-instance", call.instance_id.to_string())
             .send()
             .await
-            .map_err(|e| format!("{method} {url}: {e}"))?;
+            .map_err(|e| Failure::of_request(&what, &e))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
+        let text = resp.text().await.map_err(|e| Failure::Retry(format!("{what}: reading the answer: {e}")))?;
         if !status.is_success() {
-            return Err(format!("{method} {url}: HTTP {}: {}", status.as_u16(), snippet(&text)));
+            return Err(Failure::Retry(format!("{what}: HTTP {}: {}", status.as_u16(), snippet(&text))));
         }
         let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(snippet(&text)));
         Ok(json!({"status": status.as_u16(), "body": body}))
@@ -148,10 +197,12 @@ impl Executor {
     }
 
     /// Makes one webhook delivery attempt.
-    pub(super) async fn deliver(&self, d: &Delivery) -> Result<(), String> {
+    pub(super) async fn deliver(&self, d: &Delivery) -> Result<(), Failure> {
         let body = json!({
             "id": d.event_id, "type": d.event_type, "created_at": chrono::Utc::now(), "data": d.payload,
         });
+        let what = format!("POST {}", d.url);
+        self.check_literal(&what, &d.url)?;
         let secret = d.secret.as_deref().unwrap_or(&self.signing_secret);
         let resp = self
             .signed(reqwest::Method::POST, &d.url, (&d.event_id.to_string(), secret), &body)
@@ -159,11 +210,11 @@ impl Executor {
             .header("x-lifecycle-delivery", d.id.to_string())
             .send()
             .await
-            .map_err(|e| format!("POST {}: {e}", d.url))?;
+            .map_err(|e| Failure::of_request(&what, &e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!("POST {}: HTTP {}", d.url, resp.status().as_u16()))
+            Err(Failure::Retry(format!("{what}: HTTP {}", resp.status().as_u16())))
         }
     }
 }
