@@ -104,8 +104,23 @@ pub enum KeyAction {
         /// admin, operator or analyst.
         #[arg(long)]
         role: String,
+        /// Days until the key stops working (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
     },
-    /// Revoke a key by id.
+    /// Replace a key with a new one (same name and role); the old key keeps
+    /// working for the grace period.
+    Rotate {
+        /// Key id.
+        #[arg(long)]
+        id: uuid::Uuid,
+        /// Hours the old key keeps working (0: stops now).
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u32,
+    },
+    /// List keys: status, expiry, last use (never the keys themselves).
+    List,
+    /// Revoke a key by id; every API instance refuses it from its next request.
     Revoke {
         /// Key id (as printed by create).
         #[arg(long)]
@@ -189,14 +204,54 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             let pool =
                 lifecycle_connectors::postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| e.to_string())?;
             match action {
-                KeyAction::Create { name, role } => {
+                KeyAction::Create { name, role, expires_in_days } => {
                     let role = Role::parse(&role)
                         .ok_or_else(|| format!("--role must be admin, operator or analyst, not '{role}'"))?;
-                    let (id, key) = ApiKeys::create(&pool, &name, role).await.map_err(|e| e.to_string())?;
+                    let lifetime = expires_in_days.map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400));
+                    let (id, key) =
+                        ApiKeys::create_expiring(&pool, &name, role, lifetime).await.map_err(|e| e.to_string())?;
+                    let expires = expires_in_days.map_or("never".to_owned(), |d| format!("in {d} days"));
                     println!(
-                        "id:   {id}\nrole: {}\nkey:  {key}\n(store the key now: only its SHA-256 is kept)",
+                        "id:      {id}\nrole:    {}\nexpires: {expires}\nkey:     {key}\n(store the key now: only its SHA-256 is kept)",
                         role.as_str()
                     );
+                    Ok(())
+                }
+                KeyAction::Rotate { id, grace_hours } => {
+                    let grace = std::time::Duration::from_secs(u64::from(grace_hours) * 3600);
+                    let r = ApiKeys::rotate(&pool, id, grace)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("no working key {id}"))?;
+                    let expires = r.expires_at.map_or("never".to_owned(), |t| t.to_rfc3339());
+                    println!(
+                        "id:      {}\nexpires: {expires}\nkey:     {}\nold key {id} works until {}\n(store the key now: only its SHA-256 is kept)",
+                        r.id,
+                        r.key,
+                        r.old_expires_at.to_rfc3339()
+                    );
+                    Ok(())
+                }
+                KeyAction::List => {
+                    let keys = ApiKeys::list(&pool).await.map_err(|e| e.to_string())?;
+                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                        t.map_or("-".to_owned(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    };
+                    println!(
+                        "{:<36}  {:<8}  {:<8}  {:<20}  {:<20}  name",
+                        "id", "role", "status", "expires", "last used"
+                    );
+                    for k in keys {
+                        println!(
+                            "{:<36}  {:<8}  {:<8}  {:<20}  {:<20}  {}",
+                            k.id,
+                            k.role,
+                            k.status,
+                            time(k.expires_at),
+                            time(k.last_used_at),
+                            k.name
+                        );
+                    }
                     Ok(())
                 }
                 KeyAction::Revoke { id } => {

@@ -65,11 +65,12 @@ pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
     ));
     let workflows =
         lifecycle_connectors::http_workflows::router(lifecycle_connectors::http_workflows::WorkflowsState {
-            pool,
+            pool: pool.clone(),
             events_topic: cfg.topics.name(Topic::WorkflowEvents),
             egress: Arc::new(EgressPolicy::new(&cfg.egress)?),
         });
-    Ok(router(state, users.merge(analytics).merge(workflows)))
+    let keys = lifecycle_connectors::http::keys::router(pool);
+    Ok(router(state, users.merge(analytics).merge(workflows).merge(keys)))
 }
 
 /// Serves the REST API (ingestion and users) until `shutdown`.

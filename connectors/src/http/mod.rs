@@ -5,8 +5,8 @@
 pub mod auth;
 pub mod egress;
 pub mod error;
+pub mod keys;
 pub mod ops;
-pub mod rate_limit;
 pub mod signature;
 
 pub use auth::{ApiKeys, Caller, Role};

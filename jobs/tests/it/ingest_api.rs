@@ -174,9 +174,122 @@ async fn the_hundred_and_first_request_in_a_minute_gets_429_with_retry_after() {
     let retry: u64 =
         headers.get("retry-after").expect("Retry-After").to_str().expect("ascii").parse().expect("seconds");
     assert!((1..=60).contains(&retry), "{retry}");
-    // Another key is unaffected; a revoked key stops working (after the 10 s cache).
-    let (_, other) = key(&api.cfg, Role::Operator).await;
+    // Another key is unaffected; a revoked key stops working at once.
+    let (other_id, other) = key(&api.cfg, Role::Operator).await;
     assert_eq!(api.post("/events", Some(&other), w.next_event().to_string().into_bytes()).await.0, 202);
     let pool = lifecycle_connectors::postgres::connect(&api.cfg.postgres).await.expect("db");
     assert!(ApiKeys::revoke(&pool, id).await.expect("revoke"));
+    assert!(ApiKeys::revoke(&pool, other_id).await.expect("revoke"));
+    assert_eq!(api.post("/events", Some(&other), w.next_event().to_string().into_bytes()).await.0, 401);
+}
+
+/// Two API instances on one database: one key's limit holds for both together,
+/// and a revocation, a rotation's end and an expiry take effect on the other
+/// instance from its very next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_limit_and_refuse_revoked_rotated_and_expired_keys_at_once() {
+    use futures::StreamExt;
+    let a = start("rate2", 100).await;
+    let b = start_with(a.cfg.clone()).await;
+    let (_, admin) = key(&a.cfg, Role::Admin).await;
+
+    // 160 requests with one key, alternating instances, 8 in flight at a time.
+    let (limited_id, k) = key(&a.cfg, Role::Analyst).await;
+    let answers: Vec<(u16, Option<u64>)> = futures::stream::iter(0..160)
+        .map(|i| {
+            let (api, k) = (if i % 2 == 0 { &a } else { &b }, &k);
+            async move {
+                let (s, _, h) = api.send(reqwest::Method::GET, "/workflows?limit=1", Some(k), vec![]).await;
+                (s, h.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 200).count();
+    let limited: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!((accepted, limited.len()), (100, 60), "{answers:?}");
+    assert!(limited.iter().all(|(_, r)| r.is_some_and(|r| (1..=60).contains(&r))), "Retry-After on every 429");
+
+    // Last use is listed; a key never used has none.
+    let (_, unused) = key(&a.cfg, Role::Analyst).await;
+    let (s, listed, _) = b.send(reqwest::Method::GET, "/api-keys", Some(&admin), vec![]).await;
+    assert_eq!(s, 200, "{listed}");
+    let find = |listed: &Value, id: &str| {
+        listed["data"].as_array().expect("data").iter().find(|k| k["id"] == json!(id)).cloned().expect("listed")
+    };
+    assert!(find(&listed, &limited_id.to_string())["last_used_at"].is_string(), "{listed}");
+    let unused_id = lifecycle_connectors::postgres::connect(&a.cfg.postgres).await.expect("db");
+    let unused_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys WHERE key_hash = $1")
+        .bind(lifecycle_connectors::http::auth::hash_key(&unused))
+        .fetch_one(&unused_id)
+        .await
+        .expect("id");
+    assert!(find(&listed, &unused_id.to_string())["last_used_at"].is_null());
+    assert!(listed.to_string().find("lck_").is_none(), "keys themselves are never listed");
+
+    // Revoked through A while B has the key's identity cached: B refuses its next request.
+    let (s, made, _) =
+        a.post("/api-keys", Some(&admin), json!({"name": "ci", "role": "operator"}).to_string().into_bytes()).await;
+    assert_eq!(s, 201, "{made}");
+    let (id, ci) = (made["id"].as_str().expect("id").to_owned(), made["key"].as_str().expect("key").to_owned());
+    assert_eq!(b.send(reqwest::Method::GET, "/workflows", Some(&ci), vec![]).await.0, 200);
+    let revoked = std::time::Instant::now();
+    assert_eq!(a.send(reqwest::Method::DELETE, &format!("/api-keys/{id}"), Some(&admin), vec![]).await.0, 200);
+    let (s, e, _) = b.send(reqwest::Method::GET, "/workflows", Some(&ci), vec![]).await;
+    assert_eq!((s, e["code"].clone()), (401, json!("unauthorized")), "{e}");
+    eprintln!(
+        "revocation refused on the other instance {} ms after the revoke was sent",
+        revoked.elapsed().as_millis()
+    );
+
+    // Rotation: the new key works at once, the old one until its grace ends.
+    let (_, made, _) =
+        a.post("/api-keys", Some(&admin), json!({"name": "svc", "role": "operator"}).to_string().into_bytes()).await;
+    let (old_id, old) = (made["id"].as_str().expect("id").to_owned(), made["key"].as_str().expect("key").to_owned());
+    let (s, rotated, _) = a
+        .post(&format!("/api-keys/{old_id}/rotate"), Some(&admin), json!({"grace_secs": 2}).to_string().into_bytes())
+        .await;
+    assert_eq!((s, rotated["previous"]["id"].clone()), (201, json!(old_id)), "{rotated}");
+    let new = rotated["key"].as_str().expect("new key").to_owned();
+    for api in [&a, &b] {
+        assert_eq!(api.send(reqwest::Method::GET, "/workflows", Some(&new), vec![]).await.0, 200, "new key");
+        assert_eq!(
+            api.send(reqwest::Method::GET, "/workflows", Some(&old), vec![]).await.0,
+            200,
+            "old key in its grace"
+        );
+    }
+    // Expiry: a key made to live one second.
+    let (_, short, _) = a
+        .post(
+            "/api-keys",
+            Some(&admin),
+            json!({"name": "short", "role": "analyst", "expires_in_secs": 1}).to_string().into_bytes(),
+        )
+        .await;
+    let short = short["key"].as_str().expect("key").to_owned();
+    assert_eq!(b.send(reqwest::Method::GET, "/workflows", Some(&short), vec![]).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
+    for api in [&a, &b] {
+        assert_eq!(api.send(reqwest::Method::GET, "/workflows", Some(&old), vec![]).await.0, 401, "grace over");
+        assert_eq!(api.send(reqwest::Method::GET, "/workflows", Some(&short), vec![]).await.0, 401, "expired");
+        assert_eq!(api.send(reqwest::Method::GET, "/workflows", Some(&new), vec![]).await.0, 200, "the new key stays");
+    }
+    let (_, listed, _) = a.send(reqwest::Method::GET, "/api-keys", Some(&admin), vec![]).await;
+    let old_row = find(&listed, &old_id);
+    assert_eq!((old_row["status"].clone(), old_row["replaced_by"].clone()), (json!("expired"), rotated["id"].clone()));
+    // Bad requests name the field; only admins manage keys.
+    let (s, e, _) =
+        a.post("/api-keys", Some(&admin), json!({"name": "x", "role": "root"}).to_string().into_bytes()).await;
+    assert_eq!((s, e["details"]["field"].clone()), (400, json!("role")), "{e}");
+    let (s, e, _) = a
+        .post(
+            "/api-keys",
+            Some(&admin),
+            json!({"name": "x", "role": "analyst", "expires_in_secs": 0}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!((s, e["details"]["field"].clone()), (400, json!("expires_in_secs")), "{e}");
+    assert_eq!(a.send(reqwest::Method::GET, "/api-keys", Some(&new), vec![]).await.0, 403);
 }
