@@ -623,6 +623,9 @@ async fn retries_dead_letters_reruns_cancels_and_refuses_bad_definitions() {
         "/webhooks",
         "/webhooks/{id}",
         "/webhooks/{id}/deliveries",
+        "/api-keys",
+        "/api-keys/{id}",
+        "/api-keys/{id}/rotate",
     ] {
         assert!(doc["paths"].get(path).is_some(), "openapi.json documents {path}");
     }
