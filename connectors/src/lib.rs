@@ -11,3 +11,4 @@ pub mod http_users;
 pub mod http_workflows;
 pub mod kafka;
 pub mod postgres;
+pub mod secret;

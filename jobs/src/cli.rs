@@ -50,6 +50,9 @@ pub enum Command {
         #[arg(value_enum)]
         action: TopicsAction,
     },
+    /// Print the effective configuration (file, then LIFECYCLE_* variables,
+    /// then defaults) as TOML, secrets shown as `***`.
+    Config,
     /// Manage API keys.
     ApiKey {
         /// What to do.
@@ -199,6 +202,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Registry => crate::services::run_registry(&cfg, stop()).await,
+        Command::Config => {
+            print!("{}", toml::to_string(&cfg.redacted()).map_err(|e| format!("printing the configuration: {e}"))?);
+            Ok(())
+        }
         Command::Demo { events } => crate::demo::run(&cfg, events).await,
         Command::ApiKey { action } => {
             let pool =

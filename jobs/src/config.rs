@@ -64,8 +64,9 @@ impl ValidationConfig {
     }
 }
 
-/// The project's configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The project's configuration file. `Debug` prints it redacted, as
+/// [`LifecycleConfig::redacted`] does.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LifecycleConfig {
     /// Brokers.
@@ -135,7 +136,35 @@ impl Default for LifecycleConfig {
     }
 }
 
+impl std::fmt::Debug for LifecycleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match toml::to_string(&self.redacted()) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => f.write_str("LifecycleConfig { .. }"),
+        }
+    }
+}
+
 impl LifecycleConfig {
+    /// This configuration with every secret replaced by `***`: passwords in
+    /// URLs (and their query strings), the ClickHouse password, the workflow
+    /// signing secret, and every Kafka client property value but the known
+    /// harmless ones. What `lifecycle config` prints.
+    pub fn redacted(&self) -> Self {
+        use lifecycle_connectors::secret::{kafka_property_shown, redact_url, shown};
+        let mut c = self.clone();
+        c.registry_url = redact_url(&c.registry_url);
+        c.postgres.url = redact_url(&c.postgres.url);
+        c.registry.postgres.url = redact_url(&c.registry.postgres.url);
+        c.clickhouse.url = redact_url(&c.clickhouse.url);
+        c.clickhouse.password = c.clickhouse.password.as_deref().map(|p| shown(p).to_owned());
+        for (k, v) in c.kafka.properties.iter_mut() {
+            *v = kafka_property_shown(k, v).to_owned();
+        }
+        c.workflows.signing_secret = shown(&c.workflows.signing_secret).to_owned();
+        c
+    }
+
     /// Reads a TOML file; missing sections take their defaults.
     pub fn load(path: &Path) -> Result<Self, String> {
         Self::load_with_env(Some(path), std::iter::empty())
@@ -251,6 +280,35 @@ mod tests {
         let bad = [("LIFECYCLE_VALIDATE__MAX_BATCH", "1".to_owned())].map(|(k, v)| (k.to_owned(), v));
         let e = LifecycleConfig::load_with_env(None, bad).expect_err("unknown key");
         assert!(e.contains("LIFECYCLE_VALIDATE__MAX_BATCH") && e.contains("max_batch"), "{e}");
+    }
+
+    /// A configuration with a planted secret in every place one can be.
+    pub(crate) fn planted() -> LifecycleConfig {
+        let mut cfg = LifecycleConfig::default();
+        cfg.postgres.url = "postgres://lifecycle:PLANTED-pg@127.0.0.1:5432/lifecycle".into();
+        cfg.registry.postgres.url = "postgres://lifecycle:PLANTED-reg-pg@127.0.0.1:5432/schema_registry".into();
+        cfg.registry_url = "http://svc:PLANTED-registry@127.0.0.1:8081/?token=PLANTED-query".into();
+        cfg.clickhouse.url = "http://default:PLANTED-ch-url@127.0.0.1:8123".into();
+        cfg.clickhouse.password = Some("PLANTED-ch".into());
+        cfg.kafka.properties.insert("sasl.password".into(), "PLANTED-sasl".into());
+        cfg.kafka.properties.insert("sasl.oauthbearer.client.secret".into(), "PLANTED-oauth".into());
+        cfg.kafka.properties.insert("security.protocol".into(), "SASL_PLAINTEXT".into());
+        cfg.workflows.signing_secret = "PLANTED-signing".into();
+        cfg
+    }
+
+    #[test]
+    fn secrets_print_redacted_in_debug_and_in_the_configuration_dump() {
+        let cfg = planted();
+        let dump = toml::to_string(&cfg.redacted()).expect("toml");
+        for shown in [format!("{cfg:?}"), format!("{cfg:#?}"), dump.clone()] {
+            assert!(!shown.contains("PLANTED"), "{shown}");
+            assert!(shown.contains("SASL_PLAINTEXT") && shown.contains("sasl.password"), "{shown}");
+        }
+        let back: LifecycleConfig = toml::from_str(&dump).expect("the dump is a configuration");
+        assert_eq!(back.postgres.url, "postgres://lifecycle:***@127.0.0.1:5432/lifecycle");
+        // Serialising for a child process keeps the real values.
+        assert!(toml::to_string(&cfg).expect("toml").contains("PLANTED-sasl"));
     }
 
     #[test]

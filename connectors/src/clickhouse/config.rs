@@ -25,10 +25,10 @@ impl Default for ClickHouseConfig {
 impl std::fmt::Debug for ClickHouseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClickHouseConfig")
-            .field("url", &self.url)
+            .field("url", &crate::secret::redact_url(&self.url))
             .field("database", &self.database)
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password", &self.password.as_deref().map(crate::secret::shown))
             .finish()
     }
 }

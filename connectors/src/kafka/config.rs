@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::ClientConfig;
+use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 
 /// How to reach the brokers. Works unchanged against Apache Kafka, Redpanda or MSK.
@@ -26,19 +28,21 @@ pub struct KafkaConfig {
     /// `read_committed` readers wait behind a crashed stage's open transaction.
     pub transaction_timeout_ms: u32,
     /// Extra librdkafka properties applied to every client last (e.g.
-    /// `security.protocol`, `sasl.mechanisms`). Values are never printed.
+    /// `security.protocol`, `sasl.mechanisms`). Only the values of known
+    /// harmless properties are ever printed; passwords and keys never are.
     pub properties: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.properties.keys().map(String::as_str).collect();
+        let shown: BTreeMap<&str, &str> =
+            self.properties.iter().map(|(k, v)| (k.as_str(), crate::secret::kafka_property_shown(k, v))).collect();
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("idempotence", &self.idempotence)
             .field("transactions", &self.transactions)
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
-            .field("properties", &format_args!("{names:?} (values redacted)"))
+            .field("properties", &shown)
             .finish()
     }
 }
@@ -58,8 +62,8 @@ impl Default for KafkaConfig {
 impl KafkaConfig {
     /// Bootstrap servers and client id, then `specific`, then the user's
     /// properties last (so configuration can override any default).
-    fn client(&self, specific: &[(&str, &str)]) -> ClientConfig {
-        let mut c = ClientConfig::new();
+    fn client(&self, specific: &[(&str, &str)]) -> ClientSettings {
+        let mut c = ClientSettings(ClientConfig::new());
         c.set("bootstrap.servers", &self.bootstrap_servers);
         c.set("client.id", "lifecycle");
         for (k, v) in specific {
@@ -74,7 +78,7 @@ impl KafkaConfig {
     /// Producer settings: acks from all in-sync replicas, small linger for
     /// batching, per-partition order kept across retries, either by idempotence
     /// (`idempotence = true`) or by a single request in flight.
-    pub fn producer(&self) -> ClientConfig {
+    pub fn producer(&self) -> ClientSettings {
         let (idempotent, in_flight) = if self.idempotence { ("true", "5") } else { ("false", "1") };
         self.client(&[
             ("enable.idempotence", idempotent),
@@ -89,14 +93,14 @@ impl KafkaConfig {
 
     /// Settings of a transactional producer with `transactional_id` (always
     /// idempotent: transactions need it).
-    pub fn transactional_producer(&self, transactional_id: &str) -> ClientConfig {
+    pub fn transactional_producer(&self, transactional_id: &str) -> ClientSettings {
         let mut c = self.producer();
         c.set("enable.idempotence", "true");
         c.set("max.in.flight.requests.per.connection", "5");
         c.set("transactional.id", transactional_id);
-        c.set("transaction.timeout.ms", self.transaction_timeout_ms.to_string());
+        c.set("transaction.timeout.ms", &self.transaction_timeout_ms.to_string());
         // Delivery must finish within the transaction's lifetime.
-        c.set("message.timeout.ms", self.transaction_timeout_ms.to_string());
+        c.set("message.timeout.ms", &self.transaction_timeout_ms.to_string());
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -106,7 +110,7 @@ impl KafkaConfig {
     /// Consumer settings for `group`: no auto-commit (stages commit after their
     /// outputs are durable), start from the earliest offset when none is
     /// committed, and read only committed transactions.
-    pub fn consumer(&self, group: &str) -> ClientConfig {
+    pub fn consumer(&self, group: &str) -> ClientSettings {
         self.client(&[
             ("group.id", group),
             ("enable.auto.commit", "false"),
@@ -121,8 +125,60 @@ impl KafkaConfig {
     }
 
     /// Admin client settings.
-    pub fn admin(&self) -> ClientConfig {
+    pub fn admin(&self) -> ClientSettings {
         self.client(&[])
+    }
+}
+
+/// librdkafka settings ready to create a client. Unlike rdkafka's
+/// `ClientConfig`, neither its `Debug` nor a creation error shows a secret
+/// value (librdkafka's error for a bad property repeats the value given).
+#[derive(Clone)]
+pub struct ClientSettings(ClientConfig);
+
+impl ClientSettings {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&mut self, key: &str, value: &str) -> &mut Self {
+        self.0.set(key, value);
+        self
+    }
+
+    /// Creates a client with the default context.
+    pub fn create<T: FromClientConfig>(&self) -> KafkaResult<T> {
+        self.0.create().map_err(redacted)
+    }
+
+    /// Creates a client with `context`.
+    pub fn create_with_context<C: ClientContext, T: FromClientConfigAndContext<C>>(
+        &self,
+        context: C,
+    ) -> KafkaResult<T> {
+        self.0.create_with_context(context).map_err(redacted)
+    }
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: BTreeMap<&str, &str> =
+            self.0.config_map().iter().map(|(k, v)| (&**k, crate::secret::kafka_property_shown(k, v))).collect();
+        f.debug_tuple("ClientSettings").field(&shown).finish()
+    }
+}
+
+/// A client creation error with the offending value redacted (unless harmless).
+fn redacted(e: KafkaError) -> KafkaError {
+    match e {
+        KafkaError::ClientConfig(code, desc, key, value) => {
+            let shown = crate::secret::kafka_property_shown(&key, &value);
+            let desc = if shown == value || value.is_empty() { desc } else { desc.replace(&value, shown) };
+            KafkaError::ClientConfig(code, desc, key, shown.to_owned())
+        }
+        other => other,
     }
 }
 
@@ -167,8 +223,25 @@ mod tests {
     fn property_values_never_print() {
         let mut cfg = KafkaConfig::default();
         cfg.properties.insert("sasl.password".into(), "hunter2-secret".into());
+        cfg.properties.insert("security.protocol".into(), "SASL_SSL".into());
         let shown = format!("{cfg:?}");
         assert!(shown.contains("sasl.password") && !shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("SASL_SSL"), "harmless values are shown: {shown}");
+    }
+
+    #[test]
+    fn a_client_that_cannot_be_created_does_not_repeat_a_secret_value() {
+        let mut cfg = KafkaConfig::default();
+        // Refused by librdkafka (this build has no OpenSSL, and "Nope" is no mechanism).
+        cfg.properties.insert("ssl.key.password".into(), "hunter2-secret".into());
+        let e = cfg.producer().create::<rdkafka::producer::BaseProducer>().err().expect("refused").to_string();
+        assert!(e.contains("ssl.key.password") && !e.contains("hunter2-secret"), "{e}");
+        cfg.properties.clear();
+        cfg.properties.insert("sasl.mechanisms".into(), "Nope".into());
+        let e = cfg.admin().create::<rdkafka::producer::BaseProducer>().err().expect("refused").to_string();
+        assert!(e.contains("Nope"), "a harmless value is kept: {e}");
+        cfg.properties.insert("sasl.password".into(), "hunter2-secret".into());
+        assert!(!format!("{:?}", cfg.consumer("g")).contains("hunter2-secret"));
     }
 
     #[test]

@@ -20,16 +20,8 @@ impl Default for PostgresConfig {
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = match url::Url::parse(&self.url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            Ok(u) => u.to_string(),
-            Err(_) => "<unparseable url>".into(),
-        };
         f.debug_struct("PostgresConfig")
-            .field("url", &redacted)
+            .field("url", &crate::secret::redact_url(&self.url))
             .field("max_connections", &self.max_connections)
             .finish()
     }

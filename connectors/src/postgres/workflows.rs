@@ -478,7 +478,7 @@ pub async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
 }
 
 /// A webhook delivery to make.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Delivery {
     /// Delivery id.
     pub id: Uuid,
@@ -494,6 +494,19 @@ pub struct Delivery {
     pub attempts: i32,
     /// The subscription's secret; none for instance callbacks.
     pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("url", &crate::secret::redact_url(&self.url))
+            .field("event_type", &self.event_type)
+            .field("event_id", &self.event_id)
+            .field("attempts", &self.attempts)
+            .field("secret", &self.secret.as_deref().map(crate::secret::shown))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Claims up to `limit` due deliveries for `lease`.

@@ -15,6 +15,7 @@ mod poison;
 mod profile_stage;
 mod python_client;
 mod registry;
+mod secrets;
 mod topics;
 mod users_api;
 mod validate_stage;

@@ -95,7 +95,12 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
     while let Err(e) = migrate::migrate(&cfg.clickhouse).await {
         handle.metrics.retries.with_label_values(&["migrate"]).inc();
         tracing::warn!(error = %e, attempt, "ClickHouse migrations failed; retrying");
-        tokio::time::sleep(backoff(attempt)).await;
+        handle.health.stalled(format!("ClickHouse migrations: {e}"));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(attempt)) => {}
+            // Nothing read yet, so nothing to finish: stop at once.
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
         attempt += 1;
     }
     let ch = client(&cfg.clickhouse);

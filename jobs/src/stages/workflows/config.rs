@@ -59,7 +59,7 @@ impl std::fmt::Debug for WorkflowConfig {
             .field("group_id", &self.group_id)
             .field("node_id", &self.node_id)
             .field("max_in_flight", &self.max_in_flight)
-            .field("signing_secret", &if self.signing_secret.is_empty() { "" } else { "***" })
+            .field("signing_secret", &lifecycle_connectors::secret::shown(&self.signing_secret))
             .finish_non_exhaustive()
     }
 }
