@@ -16,6 +16,7 @@ mod profile_stage;
 mod python_client;
 mod registry;
 mod secrets;
+mod supply_chain;
 mod topics;
 mod users_api;
 mod validate_stage;
