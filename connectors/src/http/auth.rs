@@ -142,7 +142,7 @@ pub struct KeyInfo {
 }
 
 /// A rotation's outcome: the new key (shown once) and when the old one stops.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Rotated {
     /// New key id.
     pub id: Uuid,
@@ -152,6 +152,17 @@ pub struct Rotated {
     pub expires_at: Option<DateTime<Utc>>,
     /// When the old key stops working.
     pub old_expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Rotated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotated")
+            .field("id", &self.id)
+            .field("key", &crate::secret::REDACTED)
+            .field("expires_at", &self.expires_at)
+            .field("old_expires_at", &self.old_expires_at)
+            .finish()
+    }
 }
 
 /// Key store: who a key is (cached briefly) and, on every request, whether it

@@ -67,7 +67,7 @@ impl KafkaConfig {
         c.set("bootstrap.servers", &self.bootstrap_servers);
         c.set("client.id", "lifecycle");
         for (k, v) in specific {
-            c.set(*k, *v);
+            c.set(k, v);
         }
         for (k, v) in &self.properties {
             c.set(k, v);
@@ -232,12 +232,12 @@ mod tests {
     #[test]
     fn a_client_that_cannot_be_created_does_not_repeat_a_secret_value() {
         let mut cfg = KafkaConfig::default();
-        // Refused by librdkafka (this build has no OpenSSL, and "Nope" is no mechanism).
+        // Refused by librdkafka (this build has no OpenSSL, and "Nope" is no protocol).
         cfg.properties.insert("ssl.key.password".into(), "hunter2-secret".into());
         let e = cfg.producer().create::<rdkafka::producer::BaseProducer>().err().expect("refused").to_string();
         assert!(e.contains("ssl.key.password") && !e.contains("hunter2-secret"), "{e}");
         cfg.properties.clear();
-        cfg.properties.insert("sasl.mechanisms".into(), "Nope".into());
+        cfg.properties.insert("security.protocol".into(), "Nope".into());
         let e = cfg.admin().create::<rdkafka::producer::BaseProducer>().err().expect("refused").to_string();
         assert!(e.contains("Nope"), "a harmless value is kept: {e}");
         cfg.properties.insert("sasl.password".into(), "hunter2-secret".into());
