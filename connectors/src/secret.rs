@@ -42,6 +42,13 @@ pub fn kafka_property_shown<'v>(name: &str, value: &'v str) -> &'v str {
     if KAFKA_SHOWN.contains(&name) { value } else { REDACTED }
 }
 
+/// Kafka client properties as they may be shown, sorted by name.
+pub fn kafka_properties_shown<'a>(
+    properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> std::collections::BTreeMap<&'a str, &'a str> {
+    properties.into_iter().map(|(k, v)| (k, kafka_property_shown(k, v))).collect()
+}
+
 /// A secret as it may be shown: `***` unless empty (an unset secret is worth seeing).
 pub fn shown(secret: &str) -> &str {
     if secret.is_empty() { "" } else { REDACTED }

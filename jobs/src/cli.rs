@@ -215,7 +215,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                     let role = Role::parse(&role)
                         .ok_or_else(|| format!("--role must be admin, operator or analyst, not '{role}'"))?;
                     let lifetime = expires_in_days.map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400));
-                    let (id, key) =
+                    let (id, key, _) =
                         ApiKeys::create_expiring(&pool, &name, role, lifetime).await.map_err(|e| e.to_string())?;
                     let expires = expires_in_days.map_or("never".to_owned(), |d| format!("in {d} days"));
                     println!(

@@ -176,16 +176,25 @@ pub struct ApiKeys {
     window: Duration,
 }
 
+/// The SQL condition on `api_keys` of a key that works: not revoked, not expired.
+macro_rules! working {
+    () => {
+        "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+    };
+}
+
 /// The admission statement. A sliding-window log per key: the row holds the
 /// times of the key's accepted requests within the window (at most `limit`).
 /// `ON CONFLICT DO UPDATE` locks the row and re-reads its latest version, so
 /// requests to any number of API instances are counted exactly; the `WHERE`
 /// leaves the row untouched when the window is full. The key's validity is
 /// read in the same statement: a revoked or expired key inserts nothing.
-const ADMIT: &str = "
+const ADMIT: &str = concat!(
+    "
 WITH k AS (
-  SELECT id FROM api_keys
-  WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+  SELECT id FROM api_keys WHERE id = $1 AND ",
+    working!(),
+    "
 ), up AS (
   INSERT INTO api_rate_limits AS r (key_id, hits)
   SELECT id, ARRAY[now()] FROM k
@@ -198,7 +207,8 @@ WITH k AS (
 SELECT EXISTS (SELECT 1 FROM k), EXISTS (SELECT 1 FROM up),
   (SELECT EXTRACT(EPOCH FROM min(t) + $2 * interval '1 millisecond' - now())::float8
      FROM api_rate_limits r, unnest(r.hits) t
-    WHERE r.key_id = $1 AND t > now() - $2 * interval '1 millisecond')";
+    WHERE r.key_id = $1 AND t > now() - $2 * interval '1 millisecond')"
+);
 
 impl ApiKeys {
     /// Keys from `pool`; `requests_per_minute` per key across every instance.
@@ -214,20 +224,22 @@ impl ApiKeys {
 
     /// Creates a key that never expires; `(id, plaintext)`, the plaintext is not stored.
     pub async fn create(pool: &PgPool, name: &str, role: Role) -> Result<(Uuid, String), sqlx::Error> {
-        Self::create_expiring(pool, name, role, None).await
+        let (id, key, _) = Self::create_expiring(pool, name, role, None).await?;
+        Ok((id, key))
     }
 
-    /// Creates a key that stops working `expires_in` from now (never with `None`).
+    /// Creates a key that stops working `expires_in` from now (never with
+    /// `None`); `(id, plaintext, expires_at)`.
     pub async fn create_expiring(
         pool: &PgPool,
         name: &str,
         role: Role,
         expires_in: Option<Duration>,
-    ) -> Result<(Uuid, String), sqlx::Error> {
+    ) -> Result<(Uuid, String, Option<DateTime<Utc>>), sqlx::Error> {
         let key = new_key();
-        let id: Uuid = sqlx::query_scalar(
+        let (id, expires_at): (Uuid, Option<DateTime<Utc>>) = sqlx::query_as(
             "INSERT INTO api_keys (name, key_hash, role, expires_at) \
-             VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') RETURNING id",
+             VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') RETURNING id, expires_at",
         )
         .bind(name)
         .bind(hash_key(&key))
@@ -235,7 +247,7 @@ impl ApiKeys {
         .bind(expires_in.map(|d| d.as_millis().min(i64::MAX as u128) as i64))
         .fetch_one(pool)
         .await?;
-        Ok((id, key))
+        Ok((id, key, expires_at))
     }
 
     /// Revokes a key by id; true when a key was revoked. Every instance refuses
@@ -253,10 +265,11 @@ impl ApiKeys {
     /// `None` when there is no such working key.
     pub async fn rotate(pool: &PgPool, id: Uuid, grace: Duration) -> Result<Option<Rotated>, sqlx::Error> {
         let mut tx = pool.begin().await?;
-        let old: Option<(String, String, Option<f64>)> = sqlx::query_as(
-            "SELECT name, role, EXTRACT(EPOCH FROM expires_at - created_at)::float8 FROM api_keys \
-             WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE",
-        )
+        let old: Option<(String, String, Option<f64>)> = sqlx::query_as(concat!(
+            "SELECT name, role, EXTRACT(EPOCH FROM expires_at - created_at)::float8 FROM api_keys WHERE id = $1 AND ",
+            working!(),
+            " FOR UPDATE"
+        ))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -340,13 +353,11 @@ impl ApiKeys {
         {
             return Ok(caller.clone());
         }
-        let row: Option<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, name, role FROM api_keys \
-             WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
-        )
-        .bind(&hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(Uuid, String, String)> =
+            sqlx::query_as(concat!("SELECT id, name, role FROM api_keys WHERE key_hash = $1 AND ", working!()))
+                .bind(&hash)
+                .fetch_optional(&self.pool)
+                .await?;
         let caller = row.and_then(|(key_id, name, role)| Role::parse(&role).map(|role| Caller { key_id, name, role }));
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() > 10_000 {

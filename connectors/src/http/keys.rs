@@ -11,11 +11,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::auth::{Access, ApiKeys, Caller, Role};
+use super::body::Body;
 use super::error::{ApiError, json_body};
 
 /// Longest key lifetime and rotation grace accepted: ten years, thirty days.
@@ -46,25 +47,9 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no working API key '{id}'"))
 }
 
-/// The body as an object whose keys are all in `allowed`.
-fn object<'v>(v: &'v Value, allowed: &[&str]) -> Result<&'v Map<String, Value>, ApiError> {
-    let o = v.as_object().ok_or_else(|| ApiError::bad_field("body", "wrong_type", "body must be a JSON object"))?;
-    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::bad_field(k, "unknown_field", format!("unknown field '{k}'")));
-    }
-    Ok(o)
-}
-
-/// An optional whole number of seconds in `min..=max`.
-fn seconds(o: &Map<String, Value>, field: &str, (min, max): (u64, u64)) -> Result<Option<Duration>, ApiError> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            v.as_u64().filter(|n| (min..=max).contains(n)).map(|n| Some(Duration::from_secs(n))).ok_or_else(|| {
-                ApiError::bad_field(field, "invalid_value", format!("{field} must be an integer {min}-{max}"))
-            })
-        }
-    }
+/// An optional number of seconds in `min..=max`.
+fn seconds(b: &Body<'_>, field: &str, range: (u64, u64)) -> Result<Option<Duration>, ApiError> {
+    Ok(b.integer(field, range)?.map(Duration::from_secs))
 }
 
 async fn list(State(pool): State<PgPool>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
@@ -80,28 +65,18 @@ async fn create(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Admin)?;
     let v = json_body(body, 64 * 1024)?;
-    let o = object(&v, &["name", "role", "expires_in_secs"])?;
-    let name = match o.get("name") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 255 => s.trim(),
-        None => return Err(ApiError::bad_field("name", "missing_required_field", "name is required")),
-        _ => return Err(ApiError::bad_field("name", "invalid_value", "name must be a string of 1-255 characters")),
-    };
-    let role = match o.get("role") {
-        None => return Err(ApiError::bad_field("role", "missing_required_field", "role is required")),
-        Some(r) => r
-            .as_str()
-            .and_then(Role::parse)
-            .ok_or_else(|| ApiError::bad_field("role", "invalid_value", "role must be admin, operator or analyst"))?,
-    };
-    let expires_in = seconds(o, "expires_in_secs", (1, MAX_LIFETIME_SECS))?;
-    let (id, key) = ApiKeys::create_expiring(&pool, name, role, expires_in).await.map_err(db_error)?;
-    let info = ApiKeys::list(&pool).await.map_err(db_error)?.into_iter().find(|k| k.id == id);
+    let b = Body::new(&v, &["name", "role", "expires_in_secs"])?;
+    let name = b.required("name", 255)?.trim();
+    let role = Role::parse(b.required("role", 255)?)
+        .ok_or_else(|| ApiError::bad_field("role", "invalid_value", "role must be admin, operator or analyst"))?;
+    let expires_in = seconds(&b, "expires_in_secs", (1, MAX_LIFETIME_SECS))?;
+    let (id, key, expires_at) = ApiKeys::create_expiring(&pool, name, role, expires_in).await.map_err(db_error)?;
     tracing::info!(target: "audit", by = %caller.name, key = %id, role = role.as_str(), "api key created");
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "id": id, "key": key, "name": name, "role": role.as_str(),
-            "expires_at": info.and_then(|k| k.expires_at),
+            "expires_at": expires_at,
         })),
     )
         .into_response())
@@ -117,8 +92,8 @@ async fn rotate(
     let uuid = key_id(&id)?;
     let empty = body.as_ref().is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace));
     let v = if empty { json!({}) } else { json_body(body, 64 * 1024)? };
-    let o = object(&v, &["grace_secs"])?;
-    let grace = seconds(o, "grace_secs", (0, MAX_GRACE_SECS))?.unwrap_or(Duration::from_secs(DEFAULT_GRACE_SECS));
+    let grace = seconds(&Body::new(&v, &["grace_secs"])?, "grace_secs", (0, MAX_GRACE_SECS))?
+        .unwrap_or(Duration::from_secs(DEFAULT_GRACE_SECS));
     let rotated = ApiKeys::rotate(&pool, uuid, grace).await.map_err(db_error)?.ok_or_else(|| not_found(&id))?;
     tracing::info!(target: "audit", by = %caller.name, old = %uuid, new = %rotated.id, "api key rotated");
     Ok((

@@ -3,6 +3,7 @@
 //! guard on outbound requests.
 
 pub mod auth;
+pub(crate) mod body;
 pub mod egress;
 pub mod error;
 pub mod keys;

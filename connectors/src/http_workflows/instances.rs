@@ -133,12 +133,7 @@ pub(super) async fn execute(
         Some(_) => return Err(ApiError::bad_field("variables", "wrong_type", "variables must be an object")),
     };
     variables.entry("user_id").or_insert_with(|| json!(user));
-    let wait_ms = match b.raw("wait_ms") {
-        None => 0,
-        Some(n) => n.as_u64().filter(|n| *n <= LONGEST_WAIT_MS).ok_or_else(|| {
-            ApiError::bad_field("wait_ms", "invalid_value", format!("wait_ms must be an integer 0-{LONGEST_WAIT_MS}"))
-        })?,
-    };
+    let wait_ms = b.integer("wait_ms", (0, LONGEST_WAIT_MS))?.unwrap_or(0);
     let callback_url = b.url("callback_url")?;
     if let Some(url) = &callback_url {
         super::check_egress(&s, "callback_url", url).await?;

@@ -12,10 +12,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::http::body::Body;
 use crate::http::error::ApiError;
 
 /// Handler state.
@@ -75,92 +76,6 @@ fn not_found(what: &str, id: &str) -> ApiError {
 
 fn path_uuid(what: &str, id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| not_found(what, id))
-}
-
-/// A JSON object body with typed, field-naming accessors.
-struct Body<'a> {
-    obj: &'a Map<String, Value>,
-}
-
-impl<'a> Body<'a> {
-    fn new(v: &'a Value, allowed: &[&str]) -> Result<Self, ApiError> {
-        let obj =
-            v.as_object().ok_or_else(|| ApiError::bad_field("body", "wrong_type", "body must be a JSON object"))?;
-        if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(ApiError::bad_field(
-                k,
-                "unknown_field",
-                format!("unknown field '{k}'; allowed: {}", allowed.join(", ")),
-            ));
-        }
-        Ok(Self { obj })
-    }
-
-    fn has(&self, k: &str) -> bool {
-        self.obj.contains_key(k)
-    }
-
-    fn raw(&self, k: &str) -> Option<&'a Value> {
-        self.obj.get(k).filter(|v| !v.is_null())
-    }
-
-    fn string(&self, k: &str, max: usize) -> Result<Option<&'a str>, ApiError> {
-        match self.raw(k) {
-            None => Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() || s.len() > max => {
-                Err(ApiError::bad_field(k, "invalid_value", format!("{k} must be 1-{max} characters")))
-            }
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ApiError::bad_field(k, "wrong_type", format!("{k} must be a string"))),
-        }
-    }
-
-    fn required(&self, k: &str, max: usize) -> Result<&'a str, ApiError> {
-        self.string(k, max)?.ok_or_else(|| ApiError::bad_field(k, "missing_required_field", format!("{k} is required")))
-    }
-
-    fn boolean(&self, k: &str) -> Result<Option<bool>, ApiError> {
-        match self.raw(k) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(ApiError::bad_field(k, "wrong_type", format!("{k} must be true or false"))),
-        }
-    }
-
-    fn uuid(&self, k: &str) -> Result<Option<Uuid>, ApiError> {
-        self.string(k, 64)?
-            .map(|s| {
-                Uuid::parse_str(s).map_err(|_| ApiError::bad_field(k, "invalid_value", format!("{k} must be a UUID")))
-            })
-            .transpose()
-    }
-
-    fn stages(&self, k: &str) -> Result<Vec<String>, ApiError> {
-        const STAGES: [&str; 5] = ["Acquisition", "Activation", "Retention", "Revenue", "Referral"];
-        match self.raw(k) {
-            None => Ok(vec![]),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| match v.as_str() {
-                    Some(s) if STAGES.contains(&s) => Ok(s.to_owned()),
-                    _ => Err(ApiError::bad_field(
-                        k,
-                        "invalid_value",
-                        format!("{k} items must be one of {}", STAGES.join(", ")),
-                    )),
-                })
-                .collect(),
-            Some(_) => Err(ApiError::bad_field(k, "wrong_type", format!("{k} must be a list of lifecycle stages"))),
-        }
-    }
-
-    fn url(&self, k: &str) -> Result<Option<String>, ApiError> {
-        let Some(s) = self.string(k, 2048)? else { return Ok(None) };
-        match url::Url::parse(s) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(Some(s.to_owned())),
-            _ => Err(ApiError::bad_field(k, "invalid_value", format!("{k} must be an absolute http(s) URL"))),
-        }
-    }
 }
 
 /// `limit` and `offset` query values (default 100, at most 500); any

@@ -35,14 +35,15 @@ pub struct KafkaConfig {
 
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown: BTreeMap<&str, &str> =
-            self.properties.iter().map(|(k, v)| (k.as_str(), crate::secret::kafka_property_shown(k, v))).collect();
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("idempotence", &self.idempotence)
             .field("transactions", &self.transactions)
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
-            .field("properties", &shown)
+            .field(
+                "properties",
+                &crate::secret::kafka_properties_shown(self.properties.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            )
             .finish()
     }
 }
@@ -164,9 +165,7 @@ impl ClientSettings {
 
 impl std::fmt::Debug for ClientSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown: BTreeMap<&str, &str> =
-            self.0.config_map().iter().map(|(k, v)| (&**k, crate::secret::kafka_property_shown(k, v))).collect();
-        f.debug_tuple("ClientSettings").field(&shown).finish()
+        f.debug_tuple("ClientSettings").field(&crate::secret::kafka_properties_shown(self.0.config_map())).finish()
     }
 }
 

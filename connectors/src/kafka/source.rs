@@ -169,14 +169,10 @@ impl BatchSource {
     /// The offset after the last record of each partition in `batch` (what to
     /// commit once the batch's outputs are durable).
     pub fn next_offsets(batch: &[RawRecord]) -> Result<TopicPartitionList, KafkaError> {
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in batch {
-            let e = next.entry((&*r.topic, r.partition)).or_insert(r.offset + 1);
-            *e = (*e).max(r.offset + 1);
-        }
-        let mut tpl = TopicPartitionList::with_capacity(next.len());
-        for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        let spans = spans(batch);
+        let mut tpl = TopicPartitionList::with_capacity(spans.len());
+        for ((topic, partition), (_, last)) in spans {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(last + 1))?;
         }
         Ok(tpl)
     }
@@ -215,14 +211,9 @@ impl BatchSource {
     /// works while the group coordinator is out of reach, which is when
     /// transactions abort.
     pub fn rewind(&self, batch: &[RawRecord]) -> Result<(), KafkaError> {
-        let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in batch {
-            let e = first.entry((&*r.topic, r.partition)).or_insert(r.offset);
-            *e = (*e).min(r.offset);
-        }
         tokio::task::block_in_place(|| {
-            for ((topic, partition), offset) in first {
-                self.consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10))?;
+            for ((topic, partition), (first, _)) in spans(batch) {
+                self.consumer.seek(topic, partition, Offset::Offset(first), Duration::from_secs(10))?;
             }
             Ok(())
         })
@@ -305,17 +296,23 @@ impl BatchSource {
 /// read again from the group's committed offset, which the eager protocol does
 /// to every partition it hands back).
 fn keep_after_rebalance(records: &mut Vec<RawRecord>, next_read: impl Fn(&str, i32) -> Option<i64>) {
-    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for r in records.iter() {
-        let e = last.entry((&*r.topic, r.partition)).or_insert(r.offset);
-        *e = (*e).max(r.offset);
-    }
-    let keep: Vec<(String, i32)> = last
+    let keep: Vec<(String, i32)> = spans(records)
         .into_iter()
-        .filter(|&((topic, partition), last)| next_read(topic, partition) == Some(last + 1))
+        .filter(|&((topic, partition), (_, last))| next_read(topic, partition) == Some(last + 1))
         .map(|((topic, partition), _)| (topic.to_owned(), partition))
         .collect();
     records.retain(|r| keep.iter().any(|(t, p)| *p == r.partition && **t == *r.topic));
+}
+
+/// The first and last offset of each partition in `records`.
+fn spans(records: &[RawRecord]) -> BTreeMap<(&str, i32), (i64, i64)> {
+    let mut spans: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+    for r in records {
+        let (first, last) = spans.entry((&*r.topic, r.partition)).or_insert((r.offset, r.offset));
+        *first = (*first).min(r.offset);
+        *last = (*last).max(r.offset);
+    }
+    spans
 }
 
 /// The topic names of a batch, one allocation each.

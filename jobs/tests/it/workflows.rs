@@ -198,6 +198,16 @@ impl Running {
     }
 }
 
+/// A user in the Acquisition stage, as the profile stage would create it.
+async fn insert_user(pool: &PgPool, external_id: &str) {
+    sqlx::query("INSERT INTO users (id, external_id, current_lifecycle_stage) VALUES ($1, $2, 'Acquisition')")
+        .bind(lifecycle_connectors::postgres::profiles::user_uuid(external_id))
+        .bind(external_id)
+        .execute(pool)
+        .await
+        .expect("user");
+}
+
 async fn status_of(pool: &PgPool, id: &str) -> String {
     sqlx::query_scalar("SELECT status FROM workflow_executions WHERE id = $1::uuid")
         .bind(id)
@@ -556,11 +566,7 @@ async fn retries_dead_letters_reruns_cancels_and_refuses_bad_definitions() {
     let api = start_with(cfg.clone()).await;
     let (_, operator) = key(&cfg, Role::Operator).await;
     let (_, analyst) = key(&cfg, Role::Analyst).await;
-    sqlx::query("INSERT INTO users (id, external_id, current_lifecycle_stage) VALUES ($1, 'wf-user', 'Acquisition')")
-        .bind(lifecycle_connectors::postgres::profiles::user_uuid("wf-user"))
-        .execute(&pool)
-        .await
-        .expect("user");
+    insert_user(&pool, "wf-user").await;
 
     // Bad definitions and conditions are refused, naming the element or path.
     let bad = bpmn(r#"<bpmn:startEvent id="s"/><bpmn:userTask id="approve"/>"#, 1);
@@ -802,12 +808,7 @@ async fn kill_9_with_1000_instances_in_flight_completes_each_exactly_once() {
     // 1,000 start commands on workflow.commands for 100 users (several instances per user run side by side).
     let users: Vec<String> = (0..100).map(|i| format!("{}u{i}", cfg.topics.prefix)).collect();
     for u in &users {
-        sqlx::query("INSERT INTO users (id, external_id, current_lifecycle_stage) VALUES ($1, $2, 'Acquisition')")
-            .bind(lifecycle_connectors::postgres::profiles::user_uuid(u))
-            .bind(u)
-            .execute(&pool)
-            .await
-            .expect("user");
+        insert_user(&pool, u).await;
     }
     let ids: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
     let commands: Vec<OutRecord> = ids
@@ -935,11 +936,7 @@ async fn outbound_requests_reach_only_public_or_allowlisted_addresses() {
     cfg.egress.allow = vec!["127.0.0.2".into()];
     let api = start_with(cfg.clone()).await;
     let (_, admin) = key(&cfg, Role::Admin).await;
-    sqlx::query("INSERT INTO users (id, external_id, current_lifecycle_stage) VALUES ($1, 'wf-user', 'Acquisition')")
-        .bind(lifecycle_connectors::postgres::profiles::user_uuid("wf-user"))
-        .execute(&pool)
-        .await
-        .expect("user");
+    insert_user(&pool, "wf-user").await;
     let ok = active_workflow(&api, &admin, "ok", &one_call(&format!("{peer_url}/ok"), 3)).await;
 
     for url in [
