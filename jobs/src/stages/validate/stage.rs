@@ -102,13 +102,13 @@ enum Delivery {
 }
 
 impl Delivery {
-    fn new(cfg: &LifecycleConfig) -> Result<Self, String> {
+    async fn new(cfg: &LifecycleConfig) -> Result<Self, String> {
         if !cfg.kafka.transactions {
             return Ok(Self::AtLeastOnce(KafkaSink::new(&cfg.kafka).map_err(|e| e.to_string())?));
         }
         let instance = cfg.validate.instance_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let id = format!("{}-{instance}", cfg.validate.group_id);
-        let sink = TxSink::new(&cfg.kafka, &id).map_err(|e| format!("transactional producer {id}: {e}"))?;
+        let sink = TxSink::new(&cfg.kafka, &id).await.map_err(|e| format!("transactional producer {id}: {e}"))?;
         tracing::info!(transactional_id = %id, "transactions on: outputs and offsets commit together");
         Ok(Self::Transactional { sink, id })
     }
@@ -124,7 +124,7 @@ impl Delivery {
         match self {
             Self::Transactional { sink, id } => {
                 let committed = match (BatchSource::next_offsets(batch), source.group_metadata()) {
-                    (Ok(offsets), Some(group)) => sink.commit_batch(outputs, &offsets, &group).await,
+                    (Ok(offsets), Some(group)) => sink.commit_batch(outputs, offsets, group).await,
                     (Err(e), _) => Err(TxError::Aborted(e)),
                     // Not in a group yet (no generation to commit under).
                     (_, None) => Err(TxError::Aborted(rdkafka::error::KafkaError::Global(
@@ -140,11 +140,11 @@ impl Delivery {
                 };
                 m.retries.with_label_values(&["transaction"]).inc();
                 tracing::warn!(error = %e, records = batch.len(), "transaction not committed; the batch will be read again");
-                let unknown_outcome = matches!(e, TxError::Fatal(_));
+                let unknown_outcome = e.needs_new_producer();
                 if unknown_outcome {
                     let mut attempt = 0;
                     loop {
-                        match TxSink::new(&cfg.kafka, id) {
+                        match TxSink::new(&cfg.kafka, id).await {
                             Ok(new) => {
                                 *sink = new;
                                 break;
@@ -227,7 +227,7 @@ pub async fn run(
     let linger = Duration::from_millis(vc.batch_linger_ms);
     let mut poller =
         Poller::new(&cfg.kafka, &vc.group_id, &[&raw_topic], (vc.max_batch_records, linger), handle.health.clone())?;
-    let mut delivery = Delivery::new(cfg)?;
+    let mut delivery = Delivery::new(cfg).await?;
     let m = handle.metrics.clone();
     if let Some(addr) = vc.metrics_addr {
         serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
