@@ -22,6 +22,13 @@ impl<'a> Body<'a> {
                 format!("unknown field '{k}'; allowed: {}", allowed.join(", ")),
             ));
         }
+        // Text the database cannot store (U+0000, in a value or a key, at any
+        // depth) is refused here, naming the field, rather than by PostgreSQL.
+        for (k, v) in obj {
+            if let Some(e) = lifecycle_pipeline::validate::unstorable(k, v, usize::MAX).first() {
+                return Err(ApiError::bad_field(&e.field, e.code.as_str(), e.message.clone()));
+            }
+        }
         Ok(Self { obj })
     }
 

@@ -68,6 +68,44 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Maps a database failure by its class: input the database cannot store
+/// (SQLSTATE class 22, e.g. NUL in text, a number out of range) is a 400 and
+/// a constraint violation (class 23) a 409, both naming the SQLSTATE; a
+/// failure to reach the database is a 503 (the caller may retry); a
+/// misconfigured database a 500. `what` names the store in log lines.
+pub fn db_error(what: &str, e: sqlx::Error) -> ApiError {
+    use crate::error::{ConnectorError, ErrorClass};
+    let sqlstate = match &e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    let constraint = match &e {
+        sqlx::Error::Database(d) => d.constraint().map(str::to_owned),
+        _ => None,
+    };
+    let e = ConnectorError::from(e);
+    match e.class() {
+        ErrorClass::Data if sqlstate.as_deref().is_some_and(|c| c.starts_with("23")) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", format!("the change conflicts with stored data: {e}"))
+                .with_details(serde_json::json!({ "sqlstate": sqlstate, "constraint": constraint }))
+        }
+        ErrorClass::Data => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            format!("the database cannot store this value: {e}"),
+        )
+        .with_details(serde_json::json!({ "sqlstate": sqlstate })),
+        ErrorClass::Transient => {
+            tracing::warn!(error = %e, "{what} query failed: database unavailable");
+            ApiError::unavailable(format!("{what} unavailable; retry later"))
+        }
+        ErrorClass::Config => {
+            tracing::error!(error = %e, "{what} query failed: database misconfigured");
+            ApiError::internal("the database is misconfigured; see the service's log")
+        }
+    }
+}
+
 /// Maps a body-reading failure (too large, aborted) to a JSON error.
 pub fn body_error(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
     let status = rejection.status();

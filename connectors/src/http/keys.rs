@@ -35,8 +35,7 @@ pub fn router(pool: PgPool) -> Router {
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "api key store");
-    ApiError::unavailable("key store unavailable")
+    crate::http::error::db_error("key store", e)
 }
 
 fn key_id(id: &str) -> Result<Uuid, ApiError> {

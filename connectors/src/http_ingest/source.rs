@@ -151,7 +151,7 @@ async fn post_batch(
     let max = state.config.max_batch_events;
     if items.len() > max {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::BAD_REQUEST,
             "batch_too_large",
             format!("at most {max} events per batch, got {}", items.len()),
         )

@@ -11,7 +11,6 @@ use serde_json::{Map, Value, json};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::error::{ConnectorError, ErrorClass};
 use crate::http::auth::{Access, Caller, Role};
 use crate::http::error::{ApiError, json_body};
 use crate::postgres::profiles::{resolve_user as resolve, user_uuid};
@@ -42,39 +41,14 @@ pub fn router(state: UsersState) -> Router {
 /// conflict or a refused value is the request's (4xx); only an unavailable
 /// database is a 503, and a misconfigured one a 500.
 fn db_error(e: sqlx::Error) -> ApiError {
-    if let sqlx::Error::Database(d) = &e {
-        let code = d.code().unwrap_or_default();
-        if code == "23505" {
-            let field = if d.constraint().is_some_and(|c| c.contains("email")) { "email" } else { "user_id" };
-            return ApiError::new(StatusCode::CONFLICT, "conflict", format!("a user with this {field} exists"))
-                .with_details(json!({ "field": field }));
-        }
-        if code.starts_with("23") {
-            return ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("the change conflicts with stored data: {}", d.message()),
-            )
-            .with_details(json!({ "sqlstate": code, "constraint": d.constraint() }));
-        }
+    if let sqlx::Error::Database(d) = &e
+        && d.code().as_deref() == Some("23505")
+    {
+        let field = if d.constraint().is_some_and(|c| c.contains("email")) { "email" } else { "user_id" };
+        return ApiError::new(StatusCode::CONFLICT, "conflict", format!("a user with this {field} exists"))
+            .with_details(json!({ "field": field }));
     }
-    let e = ConnectorError::from(e);
-    match e.class() {
-        ErrorClass::Data => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_value",
-            format!("the database cannot store this value: {e}"),
-        )
-        .with_details(json!({ "sqlstate": e.store_code() })),
-        ErrorClass::Transient => {
-            tracing::warn!(error = %e, "users query failed: database unavailable");
-            ApiError::unavailable("database unavailable; retry later")
-        }
-        ErrorClass::Config => {
-            tracing::error!(error = %e, "users query failed: database misconfigured");
-            ApiError::internal("the database is misconfigured; see the service's log")
-        }
-    }
+    crate::http::error::db_error("database", e)
 }
 
 fn mask(s: &str) -> String {
@@ -282,19 +256,44 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Admin)?;
     let uid = resolve(&id);
-    let mut tx = s.pool.begin().await.map_err(db_error)?;
-    sqlx::query("DELETE FROM processed_events WHERE user_id = $1")
-        .bind(uid)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-    let deleted = sqlx::query("DELETE FROM users WHERE id = $1").bind(uid).execute(&mut *tx).await.map_err(db_error)?;
-    if deleted.rows_affected() == 0 {
+    // Concurrent deletes of one user (or a delete racing the profile stage)
+    // can meet in a deadlock or a serialization failure; PostgreSQL has then
+    // rolled one back, and running it again is the documented remedy.
+    let mut attempt = 0;
+    let deleted = loop {
+        attempt += 1;
+        match delete_user(&s.pool, uid).await {
+            Err(e) if attempt < 5 && retryable(&e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            outcome => break outcome.map_err(db_error)?,
+        }
+    };
+    if !deleted {
         return Err(not_found(&id));
     }
-    tx.commit().await.map_err(db_error)?;
     tracing::info!(target: "audit", key = %caller.name, user = %uid, "user deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes a user and its dedup ledger in one transaction; false if no such user.
+/// The user's row is locked first, so a second delete waits and then finds nothing.
+async fn delete_user(pool: &PgPool, uid: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let found: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE").bind(uid).fetch_optional(&mut *tx).await?;
+    if found.is_none() {
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM processed_events WHERE user_id = $1").bind(uid).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(uid).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Deadlock detected (40P01) or serialization failure (40001): safe to run again.
+fn retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
 }
 
 async fn batch(
@@ -313,9 +312,9 @@ async fn batch(
     };
     if items.len() > MAX_BATCH {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::BAD_REQUEST,
             "batch_too_large",
-            format!("at most {MAX_BATCH} users per batch"),
+            format!("at most {MAX_BATCH} users per batch, got {}", items.len()),
         )
         .with_details(json!({ "field": "users", "limit": MAX_BATCH, "count": items.len() })));
     }
@@ -334,9 +333,13 @@ async fn batch(
             Err(e) => results.push(json!({ "index": index, "status": e.status.as_u16(), "error": e })),
         }
     }
-    let status = if created == 0 && !items.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    Ok((status, Json(json!({ "created": created, "failed": items.len() - created, "results": results })))
-        .into_response())
+    let outcome = json!({ "created": created, "failed": items.len() - created, "results": results });
+    if created == 0 && !items.is_empty() {
+        // The same shape as every other 400 (and as /events/batch): the per-item results go in details.
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "all_users_rejected", "no user in the batch was created")
+            .with_details(outcome));
+    }
+    Ok(Json(outcome).into_response())
 }
 
 #[cfg(test)]

@@ -65,8 +65,7 @@ pub fn router(state: WorkflowsState) -> Router {
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "workflow API query failed");
-    ApiError::unavailable("database unavailable; retry later")
+    crate::http::error::db_error("database", e)
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
@@ -78,23 +77,22 @@ fn path_uuid(what: &str, id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| not_found(what, id))
 }
 
-/// `limit` and `offset` query values (default 100, at most 500); any
+/// `limit` (1-500, default 100) and `offset` (0 or more) query values; any
 /// parameter besides those and `extra` is a 400 naming it.
 fn page(q: &std::collections::HashMap<String, String>, extra: &[&str]) -> Result<(i64, i64), ApiError> {
     if let Some(k) = q.keys().find(|k| !["limit", "offset"].contains(&k.as_str()) && !extra.contains(&k.as_str())) {
         return Err(ApiError::bad_field(k, "unknown_parameter", format!("unknown parameter '{k}'")));
     }
-    let num = |k: &str, default: i64, max: i64| -> Result<i64, ApiError> {
+    let num = |k: &str, default: i64, min: i64, max: i64| -> Result<i64, ApiError> {
         match q.get(k) {
             None => Ok(default),
-            Some(s) => s
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (0..=max).contains(n))
-                .ok_or_else(|| ApiError::bad_field(k, "invalid_value", format!("{k} must be an integer 0-{max}"))),
+            Some(s) => s.parse::<i64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+                let range = if max == i64::MAX { format!("{min} or more") } else { format!("{min}-{max}") };
+                ApiError::bad_field(k, "invalid_value", format!("{k} must be an integer {range}"))
+            }),
         }
     };
-    Ok((num("limit", 100, 500)?.max(1), num("offset", 0, i64::MAX)?))
+    Ok((num("limit", 100, 1, 500)?, num("offset", 0, 0, i64::MAX)?))
 }
 
 /// A page of a listing: `{"data": [...], "limit", "offset"}`.

@@ -1,6 +1,7 @@
-//! A Python environment with Confluent's client and chdb-core (ClickHouse 26.9
-//! in-process), for compatibility tests (and the Python peer in benchmarks),
-//! cached under the stack's cache directory.
+//! A Python environment with Confluent's client, chdb-core (ClickHouse 26.9
+//! in-process) and schemathesis (the OpenAPI contract fuzzer), for
+//! compatibility tests (and the Python peer in benchmarks), cached under the
+//! stack's cache directory.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,8 +11,16 @@ use super::{StackConfig, StackError, err};
 /// Packages installed into the venv (pinned).
 /// The `[avro,schemaregistry]` extras are spelled out: the extra pins a certifi
 /// newer than some mirrors carry.
-pub const PACKAGES: &[&str] =
-    &["confluent-kafka==2.16.1", "fastavro==1.13.1", "httpx", "attrs", "cachetools", "authlib", "chdb-core==26.9.0"];
+pub const PACKAGES: &[&str] = &[
+    "confluent-kafka==2.16.1",
+    "fastavro==1.13.1",
+    "httpx",
+    "attrs",
+    "cachetools",
+    "authlib",
+    "chdb-core==26.9.0",
+    "schemathesis==4.32.5",
+];
 
 /// The venv's python.
 pub fn python(s: &StackConfig) -> PathBuf {

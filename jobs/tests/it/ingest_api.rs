@@ -143,7 +143,7 @@ async fn events_are_accepted_rejected_and_limited_with_json_errors() {
     let too_many: Vec<Value> = (0..1001).map(|_| w.next_event()).collect();
     let (s, body, _) =
         api.post("/events/batch", Some(&operator), Value::Array(too_many).to_string().into_bytes()).await;
-    assert_eq!((s, body["code"].clone()), (413, json!("batch_too_large")));
+    assert_eq!((s, body["code"].clone()), (400, json!("batch_too_large")));
     let (s, body, _) = api.post("/events/batch", Some(&operator), b"{\"items\": []}".to_vec()).await;
     assert_eq!((s, body["details"]["field"].clone()), (400, json!("events")));
     assert_eq!(read_all(&api.cfg, Topic::EventsRaw).len(), 4, "only accepted events were produced");

@@ -4,6 +4,7 @@
 
 mod analytics_api;
 mod analytics_sink;
+mod api_contract;
 mod clickhouse;
 mod clickhouse_compat;
 mod clickhouse_outage;

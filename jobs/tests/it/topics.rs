@@ -62,8 +62,10 @@ async fn a_stage_on_missing_topics_exits_naming_them_and_runs_once_they_are_appl
     // The stage now runs and validates what arrives.
     let mut stage =
         lifecycle(&prefix, &["run", "validate"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-    let mut cfg = lifecycle_jobs::LifecycleConfig::default();
-    cfg.topics = lifecycle_pipeline::TopicNames::with_prefix(prefix.clone());
+    let cfg = lifecycle_jobs::LifecycleConfig {
+        topics: lifecycle_pipeline::TopicNames::with_prefix(prefix.clone()),
+        ..Default::default()
+    };
     let producer = lifecycle_connectors::kafka::sink::KafkaSink::new(&cfg.kafka).expect("producer");
     let mut w = lifecycle_jobs::workload::Workload::new(9, 5, &prefix, chrono::Utc::now());
     let records: Vec<_> = (0..20)

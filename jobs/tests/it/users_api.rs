@@ -100,6 +100,10 @@ async fn users_crud_with_roles_masking_and_errors() {
         (b["results"][1]["status"].clone(), b["results"][1]["error"]["details"]["field"].clone()),
         (json!(400), json!("email"))
     );
+    // None created: a 400 in the common error shape, the per-item results in its details.
+    let (s, b, _) = api.post("/users/batch", Some(&operator), body(json!({"users": [{"user_id": "x"}]}))).await;
+    assert_eq!((s, b["code"].clone(), b["details"]["failed"].clone()), (400, json!("all_users_rejected"), json!(1)));
+    assert_eq!(b["details"]["results"][0]["error"]["details"]["field"], json!("email"), "{b}");
 
     // Delete: admin only; afterwards 404.
     assert_eq!(api.send(M::DELETE, &format!("/users/{id}"), Some(&operator), vec![]).await.0, 403);
