@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod heap;
+pub mod hostile;
 pub mod services;
 pub mod setup;
 pub mod stack;

@@ -1,6 +1,7 @@
 //! `lifecycle-bench`: the end-to-end benchmark (see `benches/README.md`).
 //!
 //!   cargo run --release -p lifecycle-benches --bin lifecycle-bench -- [--events N] [--soak] [--write FILE]
+//!   cargo run --release -p lifecycle-benches --bin lifecycle-bench -- hostile [--records N] [--seed S]
 
 use std::path::PathBuf;
 
@@ -44,6 +45,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Sub {
+    /// Hostile records through the validation stage (run in this process, on
+    /// topics of its own, deleted afterwards): every one must end exactly once
+    /// on events.valid or, with a reason code, on events.dlq. Exits 1 otherwise.
+    Hostile {
+        /// Records to generate (17 kinds in turn).
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Generator seed (the same seed, the same records).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds the stage may take to consume them.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+    },
     /// The ceiling: consume COUNT records of TOPIC and do nothing (run by the benchmark).
     #[command(hide = true)]
     RawConsume {
@@ -108,6 +123,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(path) => LifecycleConfig::load(path)?,
         None => LifecycleConfig::default(),
     };
+    if let Some(Sub::Hostile { records, seed, timeout_secs }) = cli.command {
+        return hostile(cfg, records, seed, timeout_secs).await;
+    }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let root = lifecycle_schemas::files::checkout_root().join("benches");
     let opts = Options {
@@ -143,4 +161,27 @@ async fn run(cli: Cli) -> Result<(), String> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+async fn hostile(mut cfg: LifecycleConfig, records: usize, seed: u64, timeout_secs: u64) -> Result<(), String> {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    cfg.topics = lifecycle_pipeline::TopicNames::with_prefix(format!("bench-hostile-{}.", &unique[..8]));
+    cfg.validate.group_id = format!("bench-hostile-{}", &unique[..8]);
+    cfg.validate.metrics_addr = None;
+    let reg = lifecycle_jobs::setup::topics_and_schemas(&cfg).await?;
+    let outcome = lifecycle_jobs::hostile::run(
+        &cfg,
+        reg.raw_envelope_id,
+        records,
+        seed,
+        std::time::Duration::from_secs(timeout_secs),
+    )
+    .await;
+    let topics: Vec<String> = lifecycle_pipeline::Topic::ALL.iter().map(|&t| cfg.topics.name(t)).collect();
+    if let Err(e) = lifecycle_connectors::kafka::admin::delete_topics(&cfg.kafka, &topics).await {
+        eprintln!("lifecycle-bench: could not delete the run's topics: {e}");
+    }
+    let report = outcome?;
+    println!("{report}");
+    if report.problems.is_empty() { Ok(()) } else { Err(format!("{} problems", report.problems.len())) }
 }

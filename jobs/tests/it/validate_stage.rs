@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use lifecycle_pipeline::dlq::DlqRecord;
 use lifecycle_pipeline::{ReasonCode, Topic, wire};
@@ -285,4 +286,29 @@ async fn a_rebalance_in_the_middle_of_a_batch_leaves_no_record_in_two_batches() 
         assert!(seen.insert((r.partition, r.offset)), "record {}@{} read by both or twice", r.partition, r.offset);
     }
     assert_eq!(seen.len(), produced.total, "every record once across the two members");
+}
+
+/// Hostile records of 17 kinds (truncated and bit-flipped Avro, wrong schema
+/// ids, Avro lengths of 2^62, invalid UTF-8, JSON nested 100,000 deep, 900 KB
+/// strings, 100 KB keys, NUL, 1e400, lone surrogates, thousands of errors in
+/// one event) through the running stage: it never stops, and each record ends
+/// exactly once on events.valid or, with a reason, on events.dlq.
+/// (`lifecycle-bench hostile` runs the same with 100,000 and more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_each_end_once_valid_or_dead_lettered_with_a_reason() {
+    let (mut cfg, reg) = test_config("hostile").await;
+    cfg.validate.max_batch_records = 500;
+    let n = 17 * 200;
+    let report = lifecycle_jobs::hostile::run(&cfg, reg.raw_envelope_id, n, 7, Duration::from_secs(240))
+        .await
+        .expect("hostile run");
+    println!("{report}");
+    assert!(report.problems.is_empty(), "{report}");
+    assert_eq!(report.valid + report.dlq, n, "{report}");
+    assert_eq!(report.stage_counts, (n as u64, report.valid as u64, report.dlq as u64), "{report}");
+    use lifecycle_jobs::hostile::Kind;
+    assert_eq!(report.kinds[&Kind::Valid].valid, 200, "{report}");
+    for kind in [Kind::HugeAvroLength, Kind::Empty, Kind::DeepJson, Kind::HugeString, Kind::NulCharacters] {
+        assert_eq!(report.kinds[&kind].dlq.values().sum::<usize>(), 200, "every {kind:?} is dead-lettered: {report}");
+    }
 }
