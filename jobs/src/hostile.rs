@@ -14,7 +14,6 @@ use lifecycle_pipeline::dlq::DlqRecord;
 use lifecycle_pipeline::{Topic, Validator, envelope_codec, wire};
 use lifecycle_schemas::SchemaFiles;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::LifecycleConfig;
 use crate::stages::validate::{self, StageHandle};
@@ -354,7 +353,7 @@ pub async fn run(
     seed: u64,
     timeout: Duration,
 ) -> Result<Report, String> {
-    let files = SchemaFiles::load(&lifecycle_schemas::files::default_dir()).map_err(|e| e.to_string())?;
+    let files = SchemaFiles::load(&cfg.schemas_dir()).map_err(|e| e.to_string())?;
     let envelope = files.envelope().map_err(|e| e.to_string())?;
     let validator = Validator::new(Arc::new(files.catalog().map_err(|e| e.to_string())?), Default::default());
     let encoder = AvroEncoder { validator: &validator, envelope: &envelope, schema_id: raw_envelope_id };
@@ -386,22 +385,11 @@ pub async fn run(
     }
 
     let handle = StageHandle::new().map_err(|e| e.to_string())?;
-    let (stop, rx) = watch::channel(false);
     let started = Instant::now();
-    let stage = {
-        let (cfg, handle) = (cfg.clone(), handle.clone());
-        tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
-    };
-    while handle.counts().0 < n as u64 && started.elapsed() < timeout && !stage.is_finished() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = validate::run_until(cfg, &handle, n as u64, timeout).await {
+        report.problems.push(format!("the stage failed: {e}"));
     }
     report.stage_secs = started.elapsed().as_secs_f64();
-    let _ = stop.send(true);
-    match stage.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => report.problems.push(format!("the stage failed: {e}")),
-        Err(e) => report.problems.push(format!("the stage panicked: {e}")),
-    }
     report.stage_counts = handle.counts();
     report.peak_rss_mib = peak_rss_kib() as f64 / 1024.0;
     if report.stage_counts.0 < n as u64 {

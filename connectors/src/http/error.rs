@@ -75,15 +75,12 @@ impl IntoResponse for ApiError {
 /// misconfigured database a 500. `what` names the store in log lines.
 pub fn db_error(what: &str, e: sqlx::Error) -> ApiError {
     use crate::error::{ConnectorError, ErrorClass};
-    let sqlstate = match &e {
-        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
-        _ => None,
-    };
     let constraint = match &e {
         sqlx::Error::Database(d) => d.constraint().map(str::to_owned),
         _ => None,
     };
     let e = ConnectorError::from(e);
+    let sqlstate = e.store_code();
     match e.class() {
         ErrorClass::Data if sqlstate.as_deref().is_some_and(|c| c.starts_with("23")) => {
             ApiError::new(StatusCode::CONFLICT, "conflict", format!("the change conflicts with stored data: {e}"))

@@ -27,6 +27,15 @@ pub struct OutRecord {
     pub headers: Vec<(&'static str, Vec<u8>)>,
 }
 
+impl OutRecord {
+    /// The headers as librdkafka takes them.
+    fn owned_headers(&self) -> OwnedHeaders {
+        self.headers.iter().fold(OwnedHeaders::new_with_capacity(self.headers.len()), |h, (k, v)| {
+            h.insert(Header { key: k, value: Some(v.as_slice()) })
+        })
+    }
+}
+
 /// A producer that keeps per-partition order (idempotent when `kafka.idempotence` is set).
 #[derive(Clone)]
 pub struct KafkaSink {
@@ -54,11 +63,7 @@ impl KafkaSink {
 
 async fn send_all(producer: &FutureProducer, records: &[OutRecord]) -> Result<(), KafkaError> {
     let sends = records.iter().map(|r| {
-        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
-        }
-        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).payload(&r.payload).headers(headers);
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).payload(&r.payload).headers(r.owned_headers());
         if let Some(k) = &r.key {
             rec = rec.key(k);
         }
@@ -114,6 +119,7 @@ pub struct TxSink {
 
 /// Remembers the first failed delivery of the open transaction, so the commit
 /// stops waiting for the rest at once (a partition whose leader died fails
+/// its records only when they time out; the others would be waited for in vain:
 /// the transaction has to be aborted anyway).
 #[derive(Default)]
 struct TxContext {
@@ -294,11 +300,7 @@ impl TxSink {
 
 /// Hands one record to librdkafka, waiting while its queue is full.
 fn enqueue(producer: &Tx, r: &OutRecord) -> Result<(), KafkaError> {
-    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-    for (k, v) in &r.headers {
-        headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
-    }
-    let mut rec = BaseRecord::<[u8], [u8]>::to(&r.topic).payload(&r.payload).headers(headers);
+    let mut rec = BaseRecord::<[u8], [u8]>::to(&r.topic).payload(&r.payload).headers(r.owned_headers());
     if let Some(k) = &r.key {
         rec = rec.key(k);
     }

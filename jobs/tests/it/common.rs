@@ -136,15 +136,8 @@ pub(crate) async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 /// `secs` pass), stops it cleanly and returns its counters.
 pub(crate) async fn run_stage_until(cfg: &LifecycleConfig, n: u64, secs: u64) -> StageHandle {
     let handle = StageHandle::new().expect("metrics");
-    let (stop, rx) = watch::channel(false);
-    let stage = {
-        let (cfg, handle) = (cfg.clone(), handle.clone());
-        tokio::spawn(async move { validate::run(&cfg, handle, rx).await })
-    };
-    let done = eventually(secs, || handle.counts().0 >= n).await;
-    stop.send(true).expect("stop");
-    stage.await.expect("join").expect("stage ran cleanly");
-    assert!(done, "stage consumed {:?} of {n} in {secs} s", handle.counts());
+    validate::run_until(cfg, &handle, n, Duration::from_secs(secs)).await.expect("stage ran cleanly");
+    assert!(handle.counts().0 >= n, "stage consumed {:?} of {n} in {secs} s", handle.counts());
     handle
 }
 

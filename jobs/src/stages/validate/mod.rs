@@ -3,4 +3,4 @@
 pub mod config;
 pub mod stage;
 
-pub use stage::{StageHandle, run};
+pub use stage::{StageHandle, run, run_until};

@@ -202,6 +202,23 @@ impl Delivery {
     }
 }
 
+/// Runs the stage in this process, counting on `handle`, until it has
+/// consumed `n` records, ended on its own, or `timeout` passed; then stops it
+/// (it finishes its batch) and says how it ended. For tests and benchmarks.
+pub async fn run_until(cfg: &LifecycleConfig, handle: &StageHandle, n: u64, timeout: Duration) -> Result<(), String> {
+    let (stop, rx) = watch::channel(false);
+    let started = Instant::now();
+    let stage = {
+        let (cfg, handle) = (cfg.clone(), handle.clone());
+        tokio::spawn(async move { run(&cfg, handle, rx).await })
+    };
+    while handle.counts().0 < n && started.elapsed() < timeout && !stage.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    stage.await.unwrap_or_else(|e| Err(format!("the stage panicked: {e}")))
+}
+
 /// Runs the stage until `shutdown` turns true; finishes the batch in hand first.
 pub async fn run(
     cfg: &LifecycleConfig,
