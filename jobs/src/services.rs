@@ -1,7 +1,9 @@
 //! Long-running HTTP services: the schema registry and the ingestion API.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use lifecycle_connectors::clickhouse::{ClickHouseConfig, migrate};
 use lifecycle_connectors::http::auth::ApiKeys;
 use lifecycle_connectors::http::egress::EgressPolicy;
 use lifecycle_connectors::http::ops;
@@ -57,6 +59,7 @@ pub async fn ingest_state(cfg: &LifecycleConfig) -> Result<IngestState, String> 
 pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
     let state = ingest_state(cfg).await?;
     let pool = postgres::connect_and_migrate(&cfg.postgres).await.map_err(|e| format!("database: {e}"))?;
+    clickhouse_schema(&cfg.clickhouse).await;
     let users =
         lifecycle_connectors::http_users::router(lifecycle_connectors::http_users::UsersState { pool: pool.clone() });
     let analytics = http_analytics::router(http_analytics::AnalyticsState::new(
@@ -71,6 +74,32 @@ pub async fn api_router(cfg: &LifecycleConfig) -> Result<axum::Router, String> {
         });
     let keys = lifecycle_connectors::http::keys::router(pool);
     Ok(router(state, users.merge(analytics).merge(workflows).merge(keys)))
+}
+
+/// `/analytics` reads tables the analytics sink creates, and on a fresh stack
+/// the API may start first: it applies the same idempotent migrations, so a
+/// query finds empty tables (200, no data) rather than missing ones (503).
+/// ClickHouse being down does not hold the API back: the migrations are retried
+/// in the background and `/analytics` answers 503 meanwhile.
+async fn clickhouse_schema(cfg: &ClickHouseConfig) {
+    let first = tokio::time::timeout(Duration::from_secs(10), migrate::migrate(cfg)).await;
+    match first {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => tracing::warn!(error = %e, "ClickHouse migrations failed; retrying in the background"),
+        Err(_) => tracing::warn!("ClickHouse migrations took over 10 s; retrying in the background"),
+    }
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        let mut attempt = 0;
+        loop {
+            tokio::time::sleep(crate::stages::common::backoff(attempt)).await;
+            match migrate::migrate(&cfg).await {
+                Ok(_) => return tracing::info!("ClickHouse migrations applied"),
+                Err(e) => tracing::warn!(error = %e, attempt, "ClickHouse migrations failed; retrying"),
+            }
+            attempt = attempt.saturating_add(1);
+        }
+    });
 }
 
 /// Serves the REST API (ingestion and users) until `shutdown`.

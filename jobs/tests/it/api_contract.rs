@@ -7,7 +7,7 @@ use std::process::Command;
 
 use lifecycle_connectors::http::auth::Role;
 
-use crate::common::{drop_database, own_database, test_config};
+use crate::common::{drop_clickhouse_db, drop_database, own_analytics, own_database, test_config};
 use crate::ingest_api::{key, start_with};
 
 /// The checks the API must pass: no 5xx on any input, every violation of the
@@ -22,6 +22,9 @@ async fn schemathesis_finds_no_server_error_no_accepted_violation_and_no_answer_
     let (mut cfg, _) = test_config("contract").await;
     // Its own database: the fuzzer creates segments and triggers, which are global.
     let _pool = own_database(&mut cfg).await;
+    // And a ClickHouse database nothing has created tables in: the API must
+    // answer `/analytics` on a fresh stack (it applies the migrations itself).
+    own_analytics(&mut cfg);
     cfg.ingest.requests_per_minute = 1_000_000;
     let api = start_with(cfg.clone()).await;
     let (_, admin) = key(&cfg, Role::Admin).await;
@@ -57,6 +60,7 @@ async fn schemathesis_finds_no_server_error_no_accepted_violation_and_no_answer_
         .expect("schemathesis runs (the stack's Python environment installs it)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     drop_database(&cfg).await;
+    drop_clickhouse_db(&cfg).await;
     assert!(out.status.success(), "schemathesis (seed {seed}) found problems:\n{text}");
     // A run that tested nothing would also exit 0.
     let tested = text
