@@ -87,6 +87,9 @@ struct Node {
     dir: PathBuf,
     /// Client listener port.
     port: u16,
+    /// The client port it tells clients to connect to: its own, or that of a
+    /// proxy in front of it (tests that slow or cut the network path).
+    advertised_port: u16,
     /// Controller listener port.
     controller_port: u16,
     /// The static controller quorum (`id@host:port,...`) of a multi-node
@@ -100,6 +103,7 @@ impl Node {
             id: 1,
             dir: s.data_dir.join("kafka"),
             port: s.kafka_port,
+            advertised_port: s.kafka_port,
             controller_port: s.kafka_controller_port,
             voters: None,
         }
@@ -111,7 +115,7 @@ impl Node {
     }
 
     fn properties(&self) -> String {
-        let (id, port, cport) = (self.id, self.port, self.controller_port);
+        let (id, port, aport, cport) = (self.id, self.port, self.advertised_port, self.controller_port);
         let data = self.dir.join("data");
         let quorum = match &self.voters {
             Some(v) => format!("controller.quorum.voters={v}"),
@@ -127,7 +131,7 @@ impl Node {
              node.id={id}\n\
              {quorum}\n\
              listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{aport},CONTROLLER://127.0.0.1:{cport}\n\
              listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
              controller.listener.names=CONTROLLER\n\
              inter.broker.listener.name=PLAINTEXT\n\
@@ -209,6 +213,13 @@ fn prepare(node: &Node, libs: &Path, logs: &Path) -> Result<PathBuf, StackError>
         // A static quorum is named in the configuration; a single node bootstraps its own.
         if node.voters.is_none() {
             format.arg("--standalone");
+        }
+        // One replica: eligible leader replicas (KIP-966) cannot help, and a
+        // node killed with -9 comes back as an unclean election of its own
+        // partitions, which can lose transaction markers and leave
+        // read_committed readers stuck for good (docs/reliability.md).
+        if node.replication() == 1 {
+            format.args(["--feature", "eligible.leader.replicas.version=0"]);
         }
         let out = format
             .args(["--ignore-formatted", "-t", &id, "-c"])
@@ -337,6 +348,19 @@ impl Cluster {
         n: u16,
         heap_mib: u32,
     ) -> Result<Self, StackError> {
+        Self::start_advertising(s, dir, first_port, n, heap_mib, &[]).await
+    }
+
+    /// As [`Cluster::start`], but node `i` tells clients to connect to
+    /// `advertised[i]` (a proxy that forwards to its own port) when given.
+    pub async fn start_advertising(
+        s: &StackConfig,
+        dir: &Path,
+        first_port: u16,
+        n: u16,
+        heap_mib: u32,
+        advertised: &[u16],
+    ) -> Result<Self, StackError> {
         let io = |e: std::io::Error| err("kafka cluster", e.to_string());
         let libs = install(s)?;
         if dir.exists() {
@@ -356,6 +380,7 @@ impl Cluster {
                 id: i + 1,
                 dir: dir.join(format!("node-{}", i + 1)),
                 port: first_port + 2 * i,
+                advertised_port: advertised.get(usize::from(i)).copied().unwrap_or(first_port + 2 * i),
                 controller_port: first_port + 2 * i + 1,
                 voters: Some(voters.join(",")),
             };
@@ -467,7 +492,14 @@ mod tests {
 
     #[test]
     fn the_node_listens_on_loopback_only_with_single_replica_internal_topics() {
-        let node = Node { id: 1, dir: PathBuf::from("/x/kafka"), port: 9092, controller_port: 9093, voters: None };
+        let node = Node {
+            id: 1,
+            dir: PathBuf::from("/x/kafka"),
+            port: 9092,
+            advertised_port: 9092,
+            controller_port: 9093,
+            voters: None,
+        };
         let p = node.properties();
         for line in [
             "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
@@ -485,15 +517,23 @@ mod tests {
     }
 
     #[test]
-    fn cluster_nodes_name_the_static_quorum_and_replicate_internal_topics_three_times() {
+    fn cluster_nodes_name_the_static_quorum_replicate_internal_topics_three_times_and_advertise_their_proxy() {
         let voters = "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097".to_owned();
-        let node =
-            Node { id: 2, dir: PathBuf::from("/c/node-2"), port: 19094, controller_port: 19095, voters: Some(voters) };
+        let node = Node {
+            id: 2,
+            dir: PathBuf::from("/c/node-2"),
+            port: 19094,
+            advertised_port: 29094,
+            controller_port: 19095,
+            voters: Some(voters),
+        };
         let p = node.properties();
         for line in [
             "node.id=2",
             "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097",
             "listeners=PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095",
+            // Clients are sent to the proxy in front of it.
+            "advertised.listeners=PLAINTEXT://127.0.0.1:29094,CONTROLLER://127.0.0.1:19095",
             "offsets.topic.replication.factor=3",
             "transaction.state.log.replication.factor=3",
             "transaction.state.log.min.isr=2",

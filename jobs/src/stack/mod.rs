@@ -6,7 +6,7 @@ pub mod clickhouse;
 mod kafka;
 pub use kafka::Cluster as KafkaCluster;
 pub mod node;
-mod postgres;
+pub mod postgres;
 mod proc;
 pub mod python;
 mod registry;

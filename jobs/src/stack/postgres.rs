@@ -64,7 +64,9 @@ async fn can_connect(port: u16) -> bool {
     sqlx::PgConnection::connect(&admin_url(port)).await.is_ok()
 }
 
-pub(super) async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
+/// Starts the server of `cfg.stack` unless it answers, then makes sure of the
+/// databases and applies the migrations to `cfg.postgres`.
+pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
     let s = &cfg.stack;
     let port = s.postgres_port;
     if port_open(port).await {
@@ -167,7 +169,18 @@ async fn ensure_databases(port: u16) -> Result<(), StackError> {
     Ok(())
 }
 
-pub(super) fn down(s: &StackConfig) -> Result<(), StackError> {
+/// Stops the server of `s` cleanly (`pg_ctl stop -m fast`).
+pub fn down(s: &StackConfig) -> Result<(), StackError> {
+    stop(s, "fast")
+}
+
+/// Stops the server of `s` as a crash would (`-m immediate`: no checkpoint,
+/// recovery from the WAL at the next start).
+pub fn crash(s: &StackConfig) -> Result<(), StackError> {
+    stop(s, "immediate")
+}
+
+fn stop(s: &StackConfig, mode: &str) -> Result<(), StackError> {
     let dir = data_dir(s);
     if !dir.join("postmaster.pid").is_file() {
         return Ok(());
@@ -176,7 +189,7 @@ pub(super) fn down(s: &StackConfig) -> Result<(), StackError> {
     let out = pg_command(&bin, "pg_ctl")
         .arg("-D")
         .arg(&dir)
-        .args(["-m", "fast", "-w", "stop"])
+        .args(["-m", mode, "-w", "stop"])
         .output()
         .map_err(|e| err("postgres", e.to_string()))?;
     if out.status.success() {

@@ -9,12 +9,8 @@ use lifecycle_connectors::clickhouse::client;
 use lifecycle_jobs::stack::StackConfig;
 use lifecycle_jobs::stack::clickhouse as ch_server;
 
-use crate::common::{Sink, eventually, own_analytics, test_config};
+use crate::common::{Sink, eventually, free_port, own_analytics, test_config};
 use crate::profile_stage::{produce_valid, produce_valid_as};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 /// Stops the isolated server even when the test fails.
 struct Server(StackConfig);

@@ -29,6 +29,11 @@ pub(crate) async fn test_config(name: &str) -> (LifecycleConfig, Registration) {
     (cfg, reg)
 }
 
+/// A port nothing listens on right now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
 /// Envelope and validator from the shipped schema files.
 pub(crate) fn schemas() -> (Envelope, Validator) {
     let files = SchemaFiles::load(&lifecycle_schemas::files::default_dir()).expect("schema files");
