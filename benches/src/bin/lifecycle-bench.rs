@@ -2,11 +2,12 @@
 //!
 //!   cargo run --release -p lifecycle-benches --bin lifecycle-bench -- [--events N] [--soak] [--write FILE]
 //!   cargo run --release -p lifecycle-benches --bin lifecycle-bench -- hostile [--records N] [--seed S]
+//!   cargo run --release -p lifecycle-benches --bin lifecycle-bench -- api-load [--keys N] [--secs S] [--write FILE]
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use lifecycle_benches::harness::{self, Options, report};
+use lifecycle_benches::harness::{self, Options, api_load, report};
 use lifecycle_jobs::LifecycleConfig;
 
 #[derive(Parser)]
@@ -58,6 +59,30 @@ enum Sub {
         /// Seconds the stage may take to consume them.
         #[arg(long, default_value_t = 1800)]
         timeout_secs: u64,
+    },
+    /// Debian's wrk against the REST API (`lifecycle run ingest`, its own process,
+    /// database and topics): POST /events/batch under the rate limit, GET
+    /// /analytics, POST /events/batch over the limit. Exits 1 when any answer is
+    /// not one the phase allows (202 or 200; 429 over the limit) or a socket failed.
+    ApiLoad {
+        /// API keys the under-the-limit phases rotate over.
+        #[arg(long, default_value_t = 5_000)]
+        keys: usize,
+        /// Keys of the over-the-limit phase.
+        #[arg(long, default_value_t = 5)]
+        hot_keys: usize,
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Events per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Replace the api-load section of this Markdown file (e.g. benches/README.md).
+        #[arg(long)]
+        write: Option<PathBuf>,
     },
     /// The ceiling: consume COUNT records of TOPIC and do nothing (run by the benchmark).
     #[command(hide = true)]
@@ -127,6 +152,34 @@ async fn run(cli: Cli) -> Result<(), String> {
         return hostile(cfg, records, seed, timeout_secs).await;
     }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    if let Some(Sub::ApiLoad { keys, hot_keys, secs, connections, batch, write }) = cli.command {
+        if !on_path("wrk") {
+            return Err("wrk not found on PATH: install it (Debian: `apt-get install wrk`)".into());
+        }
+        if keys == 0 || hot_keys == 0 || batch == 0 || batch > 1000 {
+            return Err("--keys and --hot-keys must be at least 1, --batch 1-1000".into());
+        }
+        let o =
+            api_load::ApiLoadOptions { keys, hot_keys, secs, connections, batch, lifecycle: lifecycle_binary(&me)? };
+        let phases = api_load::run(&cfg, &o).await?;
+        let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+        let md = api_load::markdown(
+            &o,
+            &phases,
+            &format!("cargo run --release -p lifecycle-benches --bin lifecycle-bench -- {command}"),
+        );
+        println!("\n{md}");
+        if let Some(path) = write {
+            report::write_section(&path, "api-load", &md)?;
+            println!("wrote {}", path.display());
+        }
+        let bad = api_load::unexpected(&phases);
+        return if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("answers outside the phase's policy: {}", bad.join("; ")))
+        };
+    }
     let root = lifecycle_schemas::files::checkout_root().join("benches");
     let opts = Options {
         events: cli.events.unwrap_or(if cli.soak { 10_000_000 } else { 1_000_000 }),

@@ -9,6 +9,7 @@
 //! the CPU the broker, PostgreSQL and ClickHouse spend meanwhile is reported
 //! apart from it.
 
+pub mod api_load;
 pub mod latency;
 pub mod proc;
 pub mod report;

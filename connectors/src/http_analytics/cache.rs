@@ -15,6 +15,8 @@ pub type Generation = (u32, u64);
 
 struct Inner {
     entries: HashMap<AnalyticsQuery, (Instant, Arc<QueryResult>)>,
+    /// Data points held over every entry.
+    points: usize,
     generation: Option<Generation>,
     checked_at: Option<Instant>,
 }
@@ -23,19 +25,23 @@ struct Inner {
 pub struct ResultCache {
     ttl: Duration,
     max_entries: usize,
+    max_points: usize,
     check_every: Duration,
     inner: Mutex<Inner>,
 }
 
 impl ResultCache {
-    /// A cache keeping results `ttl`, at most `max_entries`, and checking the
+    /// A cache keeping results `ttl`, at most `max_entries` of them holding at
+    /// most `max_points` data points together (what bounds its memory: one
+    /// result may hold up to `max_points` of the query limit), and checking the
     /// generation at most every `check_every`.
-    pub fn new(ttl: Duration, max_entries: usize, check_every: Duration) -> Self {
+    pub fn new(ttl: Duration, max_entries: usize, max_points: usize, check_every: Duration) -> Self {
         Self {
             ttl,
             max_entries,
+            max_points,
             check_every,
-            inner: Mutex::new(Inner { entries: HashMap::new(), generation: None, checked_at: None }),
+            inner: Mutex::new(Inner { entries: HashMap::new(), points: 0, generation: None, checked_at: None }),
         }
     }
 
@@ -53,6 +59,7 @@ impl ResultCache {
         let mut inner = self.lock();
         if inner.generation != Some(generation) {
             inner.entries.clear();
+            inner.points = 0;
             inner.generation = Some(generation);
         }
         inner.checked_at = Some(now);
@@ -64,23 +71,39 @@ impl ResultCache {
         inner.entries.get(q).filter(|(at, _)| now.duration_since(*at) < self.ttl).map(|(_, r)| Arc::clone(r))
     }
 
-    /// Stores `r` for `q` at `now`, evicting expired entries, then the oldest, when full.
+    /// Stores `r` for `q` at `now`, evicting expired entries, then the oldest,
+    /// while over either bound. A result larger than the whole point budget is
+    /// not kept.
     pub fn put(&self, q: AnalyticsQuery, r: Arc<QueryResult>, now: Instant) {
-        if self.max_entries == 0 || self.ttl.is_zero() {
+        let size = r.points.len();
+        if self.max_entries == 0 || self.ttl.is_zero() || size > self.max_points {
             return;
         }
         let mut inner = self.lock();
-        if inner.entries.len() >= self.max_entries {
+        if let Some((_, old)) = inner.entries.remove(&q) {
+            inner.points -= old.points.len();
+        }
+        let full = |i: &Inner| i.entries.len() >= self.max_entries || i.points + size > self.max_points;
+        if full(&inner) {
             let ttl = self.ttl;
             inner.entries.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+            inner.points = inner.entries.values().map(|(_, r)| r.points.len()).sum();
         }
-        while inner.entries.len() >= self.max_entries {
+        while full(&inner) {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) else {
                 break;
             };
-            inner.entries.remove(&oldest);
+            if let Some((_, r)) = inner.entries.remove(&oldest) {
+                inner.points -= r.points.len();
+            }
         }
+        inner.points += size;
         inner.entries.insert(q, (now, r));
+    }
+
+    /// Data points held.
+    pub fn points(&self) -> usize {
+        self.lock().points
     }
 
     /// Number of entries held.
@@ -114,19 +137,22 @@ mod tests {
     }
 
     fn result(n: i64) -> Arc<QueryResult> {
-        Arc::new(QueryResult {
-            points: vec![super::super::query::Point {
-                period: NaiveDate::from_ymd_opt(2026, 11, 23).unwrap_or_default(),
-                dimensions: Default::default(),
-                value: serde_json::json!(n),
-            }],
-            computed_at: None,
-        })
+        sized(n, 1)
+    }
+
+    /// A result of `points` data points.
+    fn sized(n: i64, points: usize) -> Arc<QueryResult> {
+        let point = super::super::query::Point {
+            period: NaiveDate::from_ymd_opt(2026, 11, 23).unwrap_or_default(),
+            dimensions: Default::default(),
+            value: serde_json::json!(n),
+        };
+        Arc::new(QueryResult { points: vec![point; points], computed_at: None })
     }
 
     #[test]
     fn entries_expire_after_the_ttl() {
-        let cache = ResultCache::new(Duration::from_secs(60), 10, Duration::from_secs(1));
+        let cache = ResultCache::new(Duration::from_secs(60), 10, 100, Duration::from_secs(1));
         let t0 = Instant::now();
         cache.put(query(1), result(1), t0);
         assert_eq!(cache.get(&query(1), t0 + Duration::from_secs(59)), Some(result(1)));
@@ -136,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_new_generation_drops_everything() {
-        let cache = ResultCache::new(Duration::from_secs(60), 10, Duration::from_secs(1));
+        let cache = ResultCache::new(Duration::from_secs(60), 10, 100, Duration::from_secs(1));
         let t0 = Instant::now();
         assert!(cache.needs_check(t0));
         cache.observe((100, 3), t0);
@@ -151,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_evicts_the_oldest() {
-        let cache = ResultCache::new(Duration::from_secs(60), 2, Duration::from_secs(1));
+        let cache = ResultCache::new(Duration::from_secs(60), 2, 100, Duration::from_secs(1));
         let t0 = Instant::now();
         cache.put(query(1), result(1), t0);
         cache.put(query(2), result(2), t0 + Duration::from_secs(1));
@@ -159,5 +185,26 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(&query(1), t0 + Duration::from_secs(2)), None);
         assert!(cache.get(&query(3), t0 + Duration::from_secs(2)).is_some());
+    }
+
+    #[test]
+    fn the_points_held_stay_within_the_budget() {
+        let cache = ResultCache::new(Duration::from_secs(60), 100, 100, Duration::from_secs(1));
+        let t0 = Instant::now();
+        cache.put(query(1), sized(1, 60), t0);
+        cache.put(query(2), sized(2, 30), t0 + Duration::from_secs(1));
+        assert_eq!((cache.len(), cache.points()), (2, 90));
+        // 30 more do not fit: the oldest (60) goes.
+        cache.put(query(3), sized(3, 30), t0 + Duration::from_secs(2));
+        assert_eq!((cache.len(), cache.points()), (2, 60));
+        assert!(cache.get(&query(1), t0 + Duration::from_secs(2)).is_none());
+        // Replacing an entry counts its new size only.
+        cache.put(query(3), sized(3, 40), t0 + Duration::from_secs(3));
+        assert_eq!((cache.len(), cache.points()), (2, 70));
+        // Bigger than the whole budget: served, not kept.
+        cache.put(query(4), sized(4, 101), t0 + Duration::from_secs(4));
+        assert_eq!((cache.len(), cache.points()), (2, 70));
+        cache.observe((1, 1), t0 + Duration::from_secs(5));
+        assert_eq!((cache.len(), cache.points()), (0, 0));
     }
 }

@@ -30,6 +30,9 @@ pub struct AnalyticsApiConfig {
     pub cache_ttl_secs: u64,
     /// Most cached results.
     pub cache_max_entries: usize,
+    /// Most data points the cached results hold together (what bounds the
+    /// cache's memory, about 200 bytes a point).
+    pub cache_max_points: usize,
     /// How often the cache asks ClickHouse whether a rollup happened, in milliseconds.
     pub freshness_check_ms: u64,
     /// Most data points one query may return (over all pages).
@@ -38,7 +41,13 @@ pub struct AnalyticsApiConfig {
 
 impl Default for AnalyticsApiConfig {
     fn default() -> Self {
-        Self { cache_ttl_secs: 60, cache_max_entries: 1000, freshness_check_ms: 1000, max_points: 100_000 }
+        Self {
+            cache_ttl_secs: 60,
+            cache_max_entries: 1000,
+            cache_max_points: 500_000,
+            freshness_check_ms: 1000,
+            max_points: 100_000,
+        }
     }
 }
 
@@ -59,6 +68,7 @@ impl AnalyticsState {
         let cache = ResultCache::new(
             Duration::from_secs(config.cache_ttl_secs),
             config.cache_max_entries,
+            config.cache_max_points,
             Duration::from_millis(config.freshness_check_ms),
         );
         Self { ch, cache: Arc::new(cache), config }
