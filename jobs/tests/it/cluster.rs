@@ -8,7 +8,6 @@
 //! each fault caused is printed, not asserted (speed is for benches/).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lifecycle_connectors::clickhouse::client;
@@ -18,8 +17,8 @@ use lifecycle_jobs::stack::KafkaCluster;
 use lifecycle_pipeline::{Topic, TopicNames, wire};
 
 use crate::common::{drop_clickhouse_db, own_analytics, read_all, schemas};
-use crate::procs::{Sample, Stages, longest_after, stalls, steady_stream};
-use crate::profile_stage::{applied_offsets, check_profiles};
+use crate::procs::{Sampler, Stages, stalls_by_fault, steady_stream};
+use crate::profile_stage::{applied_offsets, check_profiles, events_applied};
 
 /// Client port of the first broker; the nodes take the six ports from here.
 const FIRST_PORT: u16 = 19092;
@@ -76,20 +75,14 @@ async fn three_brokers_one_killed_and_stages_scaled_out_and_in_lose_and_double_n
 
     // A sampler of end-to-end progress, read from the stores (not from Kafka, which is being faulted).
     let pool = lifecycle_connectors::postgres::connect(&cfg.postgres).await.expect("db");
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let (stop_sampling, mut sampling) = tokio::sync::watch::channel(false);
     let sampler = {
-        let (pool, samples, cfg) = (pool.clone(), samples.clone(), cfg.clone());
-        tokio::spawn(async move {
-            let ch = client(&cfg.clickhouse);
-            loop {
-                let applied = applied_offsets(&pool, &cfg.profile.group_id).await;
+        let (pool, group, ch) = (pool.clone(), cfg.profile.group_id.clone(), client(&cfg.clickhouse));
+        Sampler::start(move || {
+            let (pool, group, ch) = (pool.clone(), group.clone(), ch.clone());
+            async move {
+                let applied = applied_offsets(&pool, &group).await;
                 let rows: u64 = ch.query("SELECT count() FROM events").fetch_one().await.unwrap_or(0);
-                samples.lock().expect("samples").push((Instant::now(), vec![applied as u64, rows]));
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    _ = sampling.changed() => return,
-                }
+                Some(vec![applied as u64, rows])
             }
         })
     };
@@ -130,14 +123,7 @@ async fn three_brokers_one_killed_and_stages_scaled_out_and_in_lose_and_double_n
     let deadline = Instant::now() + Duration::from_secs(300);
     let (mut applied, mut rows) = (0u64, 0u64);
     while Instant::now() < deadline {
-        applied = sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT sum((profile->>'events_applied')::bigint)::bigint FROM users WHERE starts_with(external_id, $1)",
-        )
-        .bind(&cfg.topics.prefix)
-        .fetch_one(&pool)
-        .await
-        .expect("applied")
-        .unwrap_or(0) as u64;
+        applied = events_applied(&pool, &cfg.topics.prefix).await.expect("applied");
         rows = ch.query("SELECT uniqExact(event_id) FROM events").fetch_one().await.unwrap_or(0);
         if applied >= valid as u64 && rows >= valid as u64 {
             break;
@@ -145,8 +131,7 @@ async fn three_brokers_one_killed_and_stages_scaled_out_and_in_lose_and_double_n
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let drained = Instant::now();
-    stop_sampling.send(true).expect("stop sampling");
-    sampler.await.expect("sampler");
+    let samples = sampler.finish().await;
     assert_eq!(stages.exited(), Vec::<String>::new(), "no stage gave up; logs in {}", dir.display());
     for instance in ["v1", "v2", "p1", "p2", "a0"] {
         stages.stop(instance);
@@ -159,20 +144,12 @@ async fn three_brokers_one_killed_and_stages_scaled_out_and_in_lose_and_double_n
     );
 
     // What each fault cost: the longest stall of each figure that began after it.
-    let samples = samples.lock().expect("samples").clone();
-    let profile = stalls(&samples, 0);
-    let sink = stalls(&samples, 1);
-    let times: Vec<Instant> = faults.iter().map(|f| f.1).collect();
-    // A batch commits about every second: a stall that began up to 1.5 s
-    // before a fault is that fault's.
-    let slack = Duration::from_millis(1500);
-    let labels = std::iter::once((None, "start-up (groups forming) and steady stream, before any fault"))
-        .chain(faults.iter().enumerate().map(|(i, f)| (Some(i), f.0)));
-    for (i, what) in labels {
+    for (i, stall) in stalls_by_fault(&samples, 2, &faults.iter().map(|f| f.1).collect::<Vec<_>>()) {
+        let what = i.map_or("start-up (groups forming) and steady stream, before any fault", |i| faults[i].0);
         eprintln!(
             "three-broker test: {what}: longest stall {:.1} s (profile stage), {:.1} s (ClickHouse sink)",
-            longest_after(&profile, &times, i, slack).as_secs_f64(),
-            longest_after(&sink, &times, i, slack).as_secs_f64(),
+            stall[0].as_secs_f64(),
+            stall[1].as_secs_f64(),
         );
     }
     eprintln!(

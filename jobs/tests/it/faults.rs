@@ -33,8 +33,8 @@ use uuid::Uuid;
 
 use crate::common::{drop_clickhouse_db, free_port, own_analytics, read_all, schemas};
 use crate::ingest_api::{key, start_with};
-use crate::procs::{Sample, Stages, longest_after, stalls, steady_stream};
-use crate::profile_stage::check_profiles;
+use crate::procs::{Sample, Sampler, Stages, stalls_by_fault, steady_stream};
+use crate::profile_stage::{check_profiles, events_applied, try_applied_offsets};
 
 /// Client port of the broker (its controller takes the next one).
 const BROKER_PORT: u16 = 19192;
@@ -131,13 +131,16 @@ const FOLLOW_UP: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   </bpmn:process>
 </bpmn:definitions>"#;
 
-async fn count(pool: &sqlx::PgPool, sql: &str, bind: &str) -> Result<u64, sqlx::Error> {
-    sqlx::query_scalar::<_, Option<i64>>(sql).bind(bind).fetch_one(pool).await.map(|n| n.unwrap_or(0) as u64)
+/// Instances of `trigger`'s workflow that completed.
+async fn completed(pool: &sqlx::PgPool, trigger: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM workflow_executions WHERE status = 'completed' AND trigger_id = $1::uuid",
+    )
+    .bind(trigger)
+    .fetch_one(pool)
+    .await
+    .map(|n| n as u64)
 }
-
-const APPLIED: &str =
-    "SELECT sum((profile->>'events_applied')::bigint)::bigint FROM users WHERE starts_with(external_id, $1)";
-const COMPLETED: &str = "SELECT count(*) FROM workflow_executions WHERE status = 'completed' AND trigger_id = $1::uuid";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_network_slowed_postgres_crashed_and_stages_killed_under_load_lose_and_double_nothing() {
@@ -261,29 +264,16 @@ async fn broker_killed_network_slowed_postgres_crashed_and_stages_killed_under_l
     // Progress read from the stores every 250 ms: profile offsets applied,
     // ClickHouse rows, workflow instances completed. Samples that PostgreSQL
     // cannot answer (while it is down) are skipped.
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let (stop_sampling, mut sampling) = tokio::sync::watch::channel(false);
     let sampler = {
-        let (pool, samples, cfg) = (pool.clone(), samples.clone(), cfg.clone());
+        let (pool, group, ch) = (pool.clone(), cfg.profile.group_id.clone(), client(&cfg.clickhouse));
         let trigger = trigger.to_string();
-        tokio::spawn(async move {
-            let ch = client(&cfg.clickhouse);
-            loop {
-                let applied = sqlx::query_scalar::<_, Option<i64>>(
-                    "SELECT sum(next_offset)::bigint FROM stage_offsets WHERE consumer_group = $1",
-                )
-                .bind(&cfg.profile.group_id)
-                .fetch_one(&pool)
-                .await;
-                let completed = count(&pool, COMPLETED, &trigger).await;
-                let rows: Result<u64, _> = ch.query("SELECT count() FROM events").fetch_one().await;
-                if let (Ok(a), Ok(c), Ok(r)) = (applied, completed, rows) {
-                    samples.lock().expect("samples").push((Instant::now(), vec![a.unwrap_or(0) as u64, r, c]));
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    _ = sampling.changed() => return,
-                }
+        Sampler::start(move || {
+            let (pool, group, ch, trigger) = (pool.clone(), group.clone(), ch.clone(), trigger.clone());
+            async move {
+                let applied = try_applied_offsets(&pool, &group).await.ok()?;
+                let done = completed(&pool, &trigger).await.ok()?;
+                let rows: u64 = ch.query("SELECT count() FROM events").fetch_one().await.ok()?;
+                Some(vec![applied as u64, rows, done])
             }
         })
     };
@@ -343,22 +333,21 @@ async fn broker_killed_network_slowed_postgres_crashed_and_stages_killed_under_l
             .unwrap_or(0)
     };
     let deadline = Instant::now() + Duration::from_secs(300);
-    let (mut applied, mut rows, mut completed) = (0, 0, 0);
+    let (mut applied, mut rows, mut finished) = (0, 0, 0);
     while Instant::now() < deadline {
-        applied = count(&pool, APPLIED, &prefix).await.unwrap_or(0);
+        applied = events_applied(&pool, &prefix).await.unwrap_or(0);
         rows = in_clickhouse().await;
-        completed = count(&pool, COMPLETED, &trigger.to_string()).await.unwrap_or(0);
-        if applied >= valid && rows >= valid && completed >= purchases.len() as u64 {
+        finished = completed(&pool, &trigger.to_string()).await.unwrap_or(0);
+        if applied >= valid && rows >= valid && finished >= purchases.len() as u64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let drained = Instant::now();
-    stop_sampling.send(true).expect("stop sampling");
-    sampler.await.expect("sampler");
+    let samples = sampler.finish().await;
     assert_eq!(stages.exited(), Vec::<String>::new(), "no stage gave up; logs in {}", dir.display());
     assert_eq!(
-        (applied, rows, completed),
+        (applied, rows, finished),
         (valid, valid, purchases.len() as u64),
         "every valid event in a profile and in ClickHouse, every purchase's instance completed; logs in {}",
         dir.display()
@@ -366,7 +355,7 @@ async fn broker_killed_network_slowed_postgres_crashed_and_stages_killed_under_l
     stages.stop_all();
 
     // What each fault cost, and what the API's clients saw meanwhile.
-    report(&samples.lock().expect("samples"), &seen.lock().expect("seen"), &faults);
+    report(&samples, &seen.lock().expect("seen"), &faults);
     eprintln!(
         "faults test: broker serving {:.1} s after its restart, PostgreSQL {:.1} s after its start; \
          {} records ({valid} valid, {broken} broken) over {SECONDS} s; drained {:.1} s after the last was produced",
@@ -431,16 +420,12 @@ async fn broker_killed_network_slowed_postgres_crashed_and_stages_killed_under_l
 /// began after it, and the API answers to requests sent between it and the next.
 fn report(samples: &[Sample], seen: &[(Instant, &'static str, u16, f64)], faults: &[(&str, Instant)]) {
     let times: Vec<Instant> = faults.iter().map(|f| f.1).collect();
-    let slack = Duration::from_millis(1500);
-    let figures = [(0, "profile"), (1, "ClickHouse sink"), (2, "workflows")];
-    let found: Vec<_> = figures.iter().map(|&(i, _)| stalls(samples, i)).collect();
-    let labels = std::iter::once((None, "steady stream, before any fault"))
-        .chain(faults.iter().enumerate().map(|(i, f)| (Some(i), f.0)));
-    for (i, what) in labels {
-        let stall: Vec<String> = figures
+    for (i, stall) in stalls_by_fault(samples, 3, &times) {
+        let what = i.map_or("steady stream, before any fault", |i| faults[i].0);
+        let stall: Vec<String> = ["profile", "ClickHouse sink", "workflows"]
             .iter()
-            .zip(&found)
-            .map(|((_, name), s)| format!("{name} {:.1} s", longest_after(s, &times, i, slack).as_secs_f64()))
+            .zip(&stall)
+            .map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64()))
             .collect();
         let from = i.map(|i| times[i]);
         let to = i.map_or(times.first().copied(), |i| times.get(i + 1).copied());

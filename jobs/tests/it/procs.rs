@@ -2,6 +2,7 @@
 //! the measurement of stalls in sampled progress, shared by the tests that
 //! fault the stack under a steady stream (`cluster`, `faults`).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -153,10 +154,63 @@ pub(crate) fn steady_stream(
 /// One sample of progress: when, and the figures sampled (each only grows).
 pub(crate) type Sample = (Instant, Vec<u64>);
 
+/// Progress sampled every 250 ms until [`Sampler::finish`]: `figures` returns
+/// the figures now, or `None` when they cannot be read (that sample is skipped).
+pub(crate) struct Sampler {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    pub(crate) fn start<F, Fut>(mut figures: F) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Option<Vec<u64>>> + Send,
+    {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                if let Some(f) = figures().await {
+                    samples.push((Instant::now(), f));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stopped.changed() => return samples,
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sampling; the samples taken.
+    pub(crate) async fn finish(self) -> Vec<Sample> {
+        let _ = self.stop.send(true);
+        self.task.await.expect("sampler")
+    }
+}
+
+/// What each fault cost: for the stretch before the first fault (`None`) and
+/// after each of `faults` (`Some(i)`), the longest stall of each of the
+/// `figures` figures that began in it. A batch commits about every second, so
+/// a stall that began up to 1.5 s before a fault is that fault's.
+pub(crate) fn stalls_by_fault(
+    samples: &[Sample],
+    figures: usize,
+    faults: &[Instant],
+) -> Vec<(Option<usize>, Vec<Duration>)> {
+    let slack = Duration::from_millis(1500);
+    let found: Vec<_> = (0..figures).map(|i| stalls(samples, i)).collect();
+    std::iter::once(None)
+        .chain((0..faults.len()).map(Some))
+        .map(|i| (i, found.iter().map(|s| longest_after(s, faults, i, slack)).collect()))
+        .collect()
+}
+
 /// Every stretch during which figure `i` stood still and then moved again:
 /// (when it last moved, how long it stood). A figure that never moves again
 /// (the work is done) has no stall at its end.
-pub(crate) fn stalls(samples: &[Sample], i: usize) -> Vec<(Instant, Duration)> {
+fn stalls(samples: &[Sample], i: usize) -> Vec<(Instant, Duration)> {
     let mut out = Vec::new();
     let mut last: Option<(Instant, u64)> = None;
     for (at, figures) in samples {
@@ -176,12 +230,7 @@ pub(crate) fn stalls(samples: &[Sample], i: usize) -> Vec<(Instant, Duration)> {
 /// The longest stall that began after fault `i` (or, for `None`, before the
 /// first fault) and before the next one; a stall that began within `slack`
 /// before a fault (the sampling interval) counts as that fault's.
-pub(crate) fn longest_after(
-    stalls: &[(Instant, Duration)],
-    faults: &[Instant],
-    i: Option<usize>,
-    slack: Duration,
-) -> Duration {
+fn longest_after(stalls: &[(Instant, Duration)], faults: &[Instant], i: Option<usize>, slack: Duration) -> Duration {
     let owner = |start: Instant| faults.iter().rposition(|&f| f <= start + slack);
     stalls.iter().filter(|(start, _)| owner(*start) == i).map(|(_, d)| *d).max().unwrap_or_default()
 }

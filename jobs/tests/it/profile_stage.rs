@@ -113,12 +113,27 @@ pub(crate) async fn produce_valid_as(
 }
 
 pub(crate) async fn applied_offsets(pool: &sqlx::PgPool, group: &str) -> i64 {
+    try_applied_offsets(pool, group).await.expect("offsets")
+}
+
+/// The input offsets `group` has applied, summed over its partitions.
+pub(crate) async fn try_applied_offsets(pool: &sqlx::PgPool, group: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar::<_, Option<i64>>("SELECT sum(next_offset)::bigint FROM stage_offsets WHERE consumer_group = $1")
         .bind(group)
         .fetch_one(pool)
         .await
-        .expect("offsets")
-        .unwrap_or(0)
+        .map(|n| n.unwrap_or(0))
+}
+
+/// Events applied to the profiles of users whose id starts with `prefix`.
+pub(crate) async fn events_applied(pool: &sqlx::PgPool, prefix: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum((profile->>'events_applied')::bigint)::bigint FROM users WHERE starts_with(external_id, $1)",
+    )
+    .bind(prefix)
+    .fetch_one(pool)
+    .await
+    .map(|n| n.unwrap_or(0) as u64)
 }
 
 /// Compares every stored profile with the recount; checks history and stages.
