@@ -50,6 +50,17 @@ pub enum Command {
         #[arg(value_enum)]
         action: TopicsAction,
     },
+    /// List transactions that partitions hold open and no coordinator will end
+    /// (they stop `read_committed` readers for good), and abort them with
+    /// --abort. The stages do this on their own (`kafka.hanging_transaction_abort_after_ms`).
+    HangingTransactions {
+        /// Only transactions whose producer last wrote at least this long ago.
+        #[arg(long, default_value_t = 60)]
+        older_than_secs: u64,
+        /// Abort the hanging ones (write their abort markers).
+        #[arg(long)]
+        abort: bool,
+    },
     /// Print the effective configuration (file, then LIFECYCLE_* variables,
     /// then defaults) as TOML, secrets shown as `***`.
     Config,
@@ -155,6 +166,50 @@ fn shutdown_on_signal(grace: std::time::Duration) -> watch::Receiver<bool> {
     rx
 }
 
+/// `lifecycle hanging-transactions`: one line per open transaction older than
+/// `older_than`, with its verdict; with `abort`, the hanging ones are aborted.
+async fn hanging_transactions(
+    cfg: &LifecycleConfig,
+    older_than: std::time::Duration,
+    abort: bool,
+) -> Result<(), String> {
+    use lifecycle_connectors::kafka::transactions::{self as txn, Verdict};
+    let found = txn::find(&cfg.kafka, older_than).await.map_err(|e| e.to_string())?;
+    let mut failed = 0;
+    for f in &found {
+        let o = &f.open;
+        let (verdict, why) = match &f.verdict {
+            Verdict::Live(w) => ("live", w),
+            Verdict::Hanging(w) => ("hanging", w),
+        };
+        let age = (chrono::Utc::now().timestamp_millis() - o.last_timestamp_ms) / 1000;
+        print!(
+            "{}-{} producer {} epoch {} from offset {} ({} s since its last write, transactional id {}): {verdict}, {why}",
+            o.topic,
+            o.partition,
+            o.producer_id,
+            o.producer_epoch,
+            o.start_offset,
+            age,
+            f.transactional_id.as_deref().unwrap_or("unknown")
+        );
+        if abort && matches!(f.verdict, Verdict::Hanging(_)) {
+            match txn::abort(&cfg.kafka, o).await {
+                Ok(true) => print!("; aborted"),
+                Ok(false) => print!("; ended meanwhile, left alone"),
+                Err(e) => {
+                    failed += 1;
+                    print!("; abort failed: {e}");
+                }
+            }
+        }
+        println!();
+    }
+    let hanging = found.iter().filter(|f| matches!(f.verdict, Verdict::Hanging(_))).count();
+    println!("{} open transaction(s) older than {} s, {hanging} hanging", found.len(), older_than.as_secs());
+    if failed > 0 { Err(format!("{failed} abort(s) failed")) } else { Ok(()) }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), String> {
     let cfg = LifecycleConfig::load_with_env(cli.config.as_deref(), std::env::vars())?;
@@ -202,6 +257,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Registry => crate::services::run_registry(&cfg, stop()).await,
+        Command::HangingTransactions { older_than_secs, abort } => {
+            hanging_transactions(&cfg, std::time::Duration::from_secs(older_than_secs), abort).await
+        }
         Command::Config => {
             print!("{}", toml::to_string(&cfg.redacted()).map_err(|e| format!("printing the configuration: {e}"))?);
             Ok(())

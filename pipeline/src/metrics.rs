@@ -20,6 +20,20 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Result<
     Ok(h)
 }
 
+/// `lifecycle_kafka_hanging_transactions_aborted_total`: hanging Kafka
+/// transactions (open in a partition, ended by no coordinator) this process
+/// aborted. Registered once per registry; a second call returns the first.
+pub fn kafka_hanging_transactions_aborted(r: &Registry) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(
+        "lifecycle_kafka_hanging_transactions_aborted_total",
+        "Hanging Kafka transactions (open in a partition, ended by no coordinator) this process aborted",
+    )?;
+    match r.register(Box::new(c.clone())) {
+        Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(c),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every record a stage consumes gets exactly one outcome, counted here with a
 /// reason: `applied` (written to the stage's store or output), `skipped`
 /// (nothing to do: already applied, a duplicate) or `dead_lettered` (with the

@@ -27,6 +27,13 @@ pub struct KafkaConfig {
     /// answering open before aborting it, in milliseconds. It bounds how long
     /// `read_committed` readers wait behind a crashed stage's open transaction.
     pub transaction_timeout_ms: u32,
+    /// Every stage aborts transactions that a partition holds open and no
+    /// coordinator will ever end (Kafka can drop a transaction's markers when a
+    /// partition is briefly leaderless, which stops `read_committed` readers
+    /// for good) once their producer's last write is this old, in
+    /// milliseconds; 0 turns the guard off. A transaction its coordinator is
+    /// still working on is never touched. PLAINTEXT listeners only.
+    pub hanging_transaction_abort_after_ms: u64,
     /// Extra librdkafka properties applied to every client last (e.g.
     /// `security.protocol`, `sasl.mechanisms`). Only the values of known
     /// harmless properties are ever printed; passwords and keys never are.
@@ -40,6 +47,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("idempotence", &self.idempotence)
             .field("transactions", &self.transactions)
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
+            .field("hanging_transaction_abort_after_ms", &self.hanging_transaction_abort_after_ms)
             .field(
                 "properties",
                 &crate::secret::kafka_properties_shown(self.properties.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
@@ -55,6 +63,7 @@ impl Default for KafkaConfig {
             idempotence: true,
             transactions: true,
             transaction_timeout_ms: 10_000,
+            hanging_transaction_abort_after_ms: 60_000,
             properties: BTreeMap::new(),
         }
     }

@@ -5,3 +5,5 @@ pub mod admin;
 pub mod config;
 pub mod sink;
 pub mod source;
+pub mod transactions;
+pub mod wire;

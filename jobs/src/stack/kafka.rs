@@ -95,6 +95,8 @@ struct Node {
     /// The static controller quorum (`id@host:port,...`) of a multi-node
     /// cluster; `None` for the stack's single standalone node.
     voters: Option<String>,
+    /// Further `key=value` lines of server.properties (tests).
+    extra: Vec<String>,
 }
 
 impl Node {
@@ -106,6 +108,7 @@ impl Node {
             advertised_port: s.kafka_port,
             controller_port: s.kafka_controller_port,
             voters: None,
+            extra: Vec::new(),
         }
     }
 
@@ -148,8 +151,10 @@ impl Node {
              # Abort transactions of producers that died within a second of their\n\
              # timeout (default: checked every 10 s), so read_committed readers\n\
              # wait at most about kafka.transaction_timeout_ms behind a crashed stage.\n\
-             transaction.abort.timed.out.transaction.cleanup.interval.ms=1000\n",
-            data = data.display()
+             transaction.abort.timed.out.transaction.cleanup.interval.ms=1000\n\
+             {extra}",
+            data = data.display(),
+            extra = self.extra.iter().map(|l| format!("{l}\n")).collect::<String>()
         )
     }
 
@@ -361,6 +366,20 @@ impl Cluster {
         heap_mib: u32,
         advertised: &[u16],
     ) -> Result<Self, StackError> {
+        Self::start_with(s, dir, first_port, n, heap_mib, advertised, &[]).await
+    }
+
+    /// As [`Cluster::start_advertising`], with further `key=value` lines in
+    /// every node's server.properties.
+    pub async fn start_with(
+        s: &StackConfig,
+        dir: &Path,
+        first_port: u16,
+        n: u16,
+        heap_mib: u32,
+        advertised: &[u16],
+        extra: &[&str],
+    ) -> Result<Self, StackError> {
         let io = |e: std::io::Error| err("kafka cluster", e.to_string());
         let libs = install(s)?;
         if dir.exists() {
@@ -383,6 +402,7 @@ impl Cluster {
                 advertised_port: advertised.get(usize::from(i)).copied().unwrap_or(first_port + 2 * i),
                 controller_port: first_port + 2 * i + 1,
                 voters: Some(voters.join(",")),
+                extra: extra.iter().map(|l| (*l).to_owned()).collect(),
             };
             if port_open(node.port).await || port_open(node.controller_port).await {
                 return Err(err(
@@ -499,6 +519,7 @@ mod tests {
             advertised_port: 9092,
             controller_port: 9093,
             voters: None,
+            extra: Vec::new(),
         };
         let p = node.properties();
         for line in [
@@ -526,9 +547,11 @@ mod tests {
             advertised_port: 29094,
             controller_port: 19095,
             voters: Some(voters),
+            extra: vec!["transaction.partition.verification.enable=false".into()],
         };
         let p = node.properties();
         for line in [
+            "transaction.partition.verification.enable=false",
             "node.id=2",
             "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097",
             "listeners=PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095",

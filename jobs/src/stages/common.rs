@@ -179,6 +179,28 @@ pub(crate) fn serve_metrics(
     });
 }
 
+/// Starts the hanging-transaction guard of this process (unless
+/// `kafka.hanging_transaction_abort_after_ms` is 0): every so often it aborts
+/// transactions a partition holds open that no coordinator will end, counted
+/// in `lifecycle_kafka_hanging_transactions_aborted_total`.
+pub(crate) fn spawn_transaction_guard(
+    kafka: &lifecycle_connectors::kafka::config::KafkaConfig,
+    registry: &prometheus::Registry,
+) -> Result<(), String> {
+    let after = kafka.hanging_transaction_abort_after_ms;
+    if after == 0 {
+        return Ok(());
+    }
+    let aborted =
+        lifecycle_pipeline::metrics::kafka_hanging_transactions_aborted(registry).map_err(|e| e.to_string())?;
+    let after = Duration::from_millis(after);
+    // Often enough that a stuck reader waits little past the threshold, and
+    // never more than every 5 s (a scan is a few requests per broker).
+    let every = (after / 4).clamp(Duration::from_secs(5), Duration::from_secs(30));
+    tokio::spawn(lifecycle_connectors::kafka::transactions::guard(kafka.clone(), after, every, aborted));
+    Ok(())
+}
+
 /// What [`Poller::next`] got.
 pub(crate) enum Polled {
     /// A non-empty batch.

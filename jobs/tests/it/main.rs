@@ -12,6 +12,7 @@ mod cluster;
 mod common;
 mod deploy;
 mod faults;
+mod hanging;
 mod ingest_api;
 mod poison;
 mod procs;

@@ -117,6 +117,7 @@ pub async fn run(cfg: &LifecycleConfig, handle: SinkHandle, mut shutdown: watch:
         (ac.max_batch_records, Duration::from_millis(ac.batch_linger_ms)),
         handle.health.clone(),
     )?;
+    crate::stages::common::spawn_transaction_guard(&cfg.kafka, &handle.registry)?;
     if let Some(addr) = ac.metrics_addr {
         crate::stages::common::serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }

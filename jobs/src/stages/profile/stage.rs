@@ -455,6 +455,7 @@ pub async fn run(
         handle.health.clone(),
     )?;
     let m = handle.metrics.clone();
+    crate::stages::common::spawn_transaction_guard(&cfg.kafka, &handle.registry)?;
     if let Some(addr) = pc.metrics_addr {
         serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }

@@ -246,6 +246,7 @@ pub async fn run(
         Poller::new(&cfg.kafka, &vc.group_id, &[&raw_topic], (vc.max_batch_records, linger), handle.health.clone())?;
     let mut delivery = Delivery::new(cfg).await?;
     let m = handle.metrics.clone();
+    crate::stages::common::spawn_transaction_guard(&cfg.kafka, &handle.registry)?;
     if let Some(addr) = vc.metrics_addr {
         serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }

@@ -531,6 +531,7 @@ pub async fn run(
         m: handle.metrics.clone(),
         health: handle.health.clone(),
     });
+    crate::stages::common::spawn_transaction_guard(&cfg.kafka, &handle.registry)?;
     if let Some(addr) = wc.metrics_addr {
         serve_metrics(addr, handle.registry.clone(), handle.health.clone(), shutdown.clone());
     }
