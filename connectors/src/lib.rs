@@ -2,6 +2,7 @@
 //! batching source, acknowledging sink), PostgreSQL (pool, migrations), and the
 //! HTTP layer (ingestion API, API keys, rate limits, metrics endpoints).
 
+pub mod cdc;
 pub mod clickhouse;
 pub mod error;
 pub mod http;

@@ -105,6 +105,8 @@ pub enum Stage {
     Workflows,
     /// HTTP ingestion API.
     Ingest,
+    /// PostgreSQL tables (logical replication) -> cdc.<database>.<schema>.<table>, Debezium's envelope.
+    Cdc,
 }
 
 /// API key actions.
@@ -241,6 +243,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             crate::stages::workflows::run(&cfg, handle, stop()).await
         }
         Command::Run { stage: Stage::Ingest } => crate::services::run_ingest(&cfg, stop()).await,
+        Command::Run { stage: Stage::Cdc } => {
+            let handle = crate::stages::cdc::CdcHandle::new()?;
+            crate::stages::cdc::run(&cfg, handle, stop()).await
+        }
         Command::Topics { action } => {
             let apply = matches!(action, TopicsAction::Apply);
             let reports = crate::setup::topics(&cfg, apply).await?;

@@ -97,6 +97,8 @@ pub struct LifecycleConfig {
     pub analytics_api: AnalyticsApiConfig,
     /// The schema registry service.
     pub registry: RegistryConfig,
+    /// The CDC connector (`lifecycle run cdc`).
+    pub cdc: lifecycle_connectors::cdc::CdcConfig,
     /// The local stack.
     pub stack: StackConfig,
     /// What outbound requests (webhooks, HTTP service tasks, callbacks) may
@@ -128,6 +130,7 @@ impl Default for LifecycleConfig {
             ingest: IngestConfig::default(),
             analytics_api: AnalyticsApiConfig::default(),
             registry: RegistryConfig::default(),
+            cdc: lifecycle_connectors::cdc::CdcConfig::default(),
             stack: StackConfig::default(),
             egress: EgressConfig::default(),
             shutdown_grace_secs: 30,
@@ -157,6 +160,7 @@ impl LifecycleConfig {
         c.postgres.url = redact_url(&c.postgres.url);
         c.registry.postgres.url = redact_url(&c.registry.postgres.url);
         c.clickhouse.url = redact_url(&c.clickhouse.url);
+        c.cdc.source_url = redact_url(&c.cdc.source_url);
         c.clickhouse.password = c.clickhouse.password.as_deref().map(|p| shown(p).to_owned());
         for (k, v) in c.kafka.properties.iter_mut() {
             *v = kafka_property_shown(k, v).to_owned();

@@ -72,7 +72,8 @@ struct EndOfPartitionIsNews;
 
 impl rdkafka::ClientContext for EndOfPartitionIsNews {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             tracing::error!(%error, reason, "librdkafka error");
         }
     }
@@ -166,6 +167,10 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
         let handle = crate::stages::workflows::EngineHandle::new()?;
         tokio::spawn(async move { crate::stages::workflows::run(&cfg, handle, rx).await })
     };
+    // CDC of public.users: what the profile stage and any other system write
+    // there reaches Kafka as Debezium change events. A slot of the demo's own,
+    // dropped at the end, so no WAL is kept for it afterwards.
+    let cdc = crate::demo::Cdc::start(cfg, &pool).await?;
     let (stop_api, api_rx) = watch::channel(false);
     let api = {
         let cfg = cfg.clone();
@@ -272,6 +277,7 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     profiles.await.map_err(|e| e.to_string())??;
     analytics.await.map_err(|e| e.to_string())??;
     engine.await.map_err(|e| e.to_string())??;
+    let cdc_report = cdc.finish(cfg, &pool).await?;
     if !settled {
         let _ = stop_api.send(true);
         return Err("workflow instances were still running after 60 s".into());
@@ -301,6 +307,7 @@ pub async fn run(cfg: &LifecycleConfig, events: usize) -> Result<(), String> {
     api.await.map_err(|e| e.to_string())??;
 
     println!("\n== 4. what happened ==");
+    println!("{cdc_report}");
     let valid = read_from(cfg, &valid_topic, &valid_from)?;
     let dlq = read_from(cfg, &dlq_topic, &dlq_from)?;
     let (cin, cvalid, cdlq) = handle.counts();
@@ -517,4 +524,98 @@ async fn report_rules(
     call(http, (M::POST, format!("{base}/triggers/{}/disable", r.trigger)), key, None).await?;
     call(http, (M::PATCH, format!("{base}/segments/{}", r.segment)), key, Some(json!({"enabled": false}))).await?;
     Ok(text)
+}
+
+/// The demo's CDC connector on `public.users`.
+pub(crate) struct Cdc {
+    topic: String,
+    from: BTreeMap<i32, i64>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), lifecycle_connectors::cdc::connector::CdcError>>,
+    slot: String,
+}
+
+impl Cdc {
+    async fn start(cfg: &LifecycleConfig, pool: &sqlx::PgPool) -> Result<Self, String> {
+        let cdc_cfg = lifecycle_connectors::cdc::CdcConfig {
+            tables: vec!["public.users".into()],
+            slot: "lifecycle_cdc_demo".into(),
+            publication: "lifecycle_cdc_demo".into(),
+            snapshot: false,
+            metrics_addr: None,
+            ..cfg.cdc.clone()
+        };
+        let metrics = lifecycle_pipeline::metrics::CdcMetrics::register(&prometheus::Registry::new())
+            .map_err(|e| e.to_string())?;
+        let connector = lifecycle_connectors::cdc::connector::Connector::new(
+            cdc_cfg.clone(),
+            &cfg.postgres.url,
+            pool.clone(),
+            &cfg.kafka,
+            cfg.topics.replication_factor,
+            metrics,
+        )
+        .await
+        .map_err(|e| format!("CDC: {e}"))?;
+        let topic = connector.topics().into_iter().next().map(|(_, t)| t).ok_or("CDC: no topic")?;
+        let from = high_watermarks(cfg, &topic)?;
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move { connector.run(rx).await });
+        println!("CDC connector: public.users -> {topic} (slot {})", cdc_cfg.slot);
+        Ok(Self { topic, from, stop, task, slot: cdc_cfg.slot })
+    }
+
+    /// Another system changes a user's attributes in PostgreSQL; waits until
+    /// its change event is on Kafka, stops the connector, drops its slot and
+    /// says what it wrote.
+    async fn finish(self, cfg: &LifecycleConfig, pool: &sqlx::PgPool) -> Result<String, String> {
+        let changed: Option<(uuid::Uuid,)> = sqlx::query_as(
+            "UPDATE users SET attributes = attributes || '{\"crm_tier\": \"gold\"}' \
+             WHERE id = (SELECT id FROM users ORDER BY updated_at DESC LIMIT 1) RETURNING id",
+        )
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut events = Vec::new();
+        let mut crm = None;
+        for _ in 0..50 {
+            events = read_from(cfg, &self.topic, &self.from)?;
+            crm = events.iter().rev().find_map(|(_, _, _, v)| {
+                let e: serde_json::Value = serde_json::from_slice(v).ok()?;
+                let id = changed.map(|(id,)| id.to_string())?;
+                (e["after"]["id"].as_str() == Some(id.as_str())
+                    && e["after"]["attributes"].as_str().is_some_and(|a| a.contains("crm_tier")))
+                .then_some(e)
+            });
+            if crm.is_some() || changed.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| e.to_string())?.map_err(|e| format!("CDC: {e}"))?;
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&self.slot)
+            .execute(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, _, _, v) in &events {
+            let op = serde_json::from_slice::<serde_json::Value>(v)
+                .ok()
+                .and_then(|e| e["op"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "tombstone".into());
+            *ops.entry(op).or_default() += 1;
+        }
+        let ops = ops.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+        let mut out = format!("CDC: {} change events of public.users on {} ({ops})", events.len(), self.topic);
+        match crm {
+            Some(e) => out.push_str(&format!(
+                "\n  another system set attributes.crm_tier in PostgreSQL; its event: op {}, key id {}, after.attributes {}, source.txId {}, source.lsn {}",
+                e["op"], e["after"]["id"], e["after"]["attributes"], e["source"]["txId"], e["source"]["lsn"]
+            )),
+            None => return Err(format!("CDC: the CRM update did not reach {} within 10 s", self.topic)),
+        }
+        Ok(out)
+    }
 }

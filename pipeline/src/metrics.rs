@@ -410,3 +410,75 @@ impl WorkflowMetrics {
         })
     }
 }
+
+/// Metrics of the CDC connector.
+#[derive(Clone)]
+pub struct CdcMetrics {
+    /// Change events written to Kafka, by `op` (`r`, `c`, `u`, `d`, `t`) and table.
+    pub changes: IntCounterVec,
+    /// Tombstones written after deletes.
+    pub tombstones: IntCounter,
+    /// Source transactions streamed.
+    pub transactions: IntCounter,
+    /// Reconnections to PostgreSQL or retries of a Kafka batch, by cause.
+    pub retries: IntCounterVec,
+    /// WAL bytes between the server's current position and the slot's confirmed one.
+    pub slot_lag_bytes: IntGauge,
+    /// Seconds since the newest change the slot has confirmed was committed, while WAL waits behind it.
+    pub slot_lag_seconds: IntGauge,
+    /// Bytes of WAL the server may still write before it invalidates the slot
+    /// (`safe_wal_size`; -1 when `max_slot_wal_keep_size` is unlimited).
+    pub slot_safe_wal_bytes: IntGauge,
+    /// The slot's confirmed LSN as a number.
+    pub confirmed_lsn: IntGauge,
+    /// Seconds from a transaction's commit in PostgreSQL to Kafka's acknowledgement of its last change.
+    pub commit_to_kafka_seconds: Histogram,
+}
+
+impl CdcMetrics {
+    /// Registers the connector's metrics in `r`.
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(Self {
+            changes: counter_vec(
+                r,
+                "lifecycle_cdc_changes_total",
+                "Change events written, by op and table",
+                &["op", "table"],
+            )?,
+            tombstones: counter("lifecycle_cdc_tombstones_total", "Tombstones written after deletes")?,
+            transactions: counter("lifecycle_cdc_transactions_total", "Source transactions streamed")?,
+            retries: counter_vec(
+                r,
+                "lifecycle_cdc_retries_total",
+                "Reconnections and retried batches by cause",
+                &["cause"],
+            )?,
+            slot_lag_bytes: gauge("lifecycle_cdc_slot_lag_bytes", "WAL bytes behind the slot's confirmed LSN")?,
+            slot_lag_seconds: gauge(
+                "lifecycle_cdc_slot_lag_seconds",
+                "Seconds since the newest confirmed change was committed, while WAL waits behind it",
+            )?,
+            slot_safe_wal_bytes: gauge(
+                "lifecycle_cdc_slot_safe_wal_bytes",
+                "WAL bytes left before the server invalidates the slot (-1: unlimited)",
+            )?,
+            confirmed_lsn: gauge("lifecycle_cdc_confirmed_lsn", "The slot's confirmed LSN")?,
+            commit_to_kafka_seconds: histogram(
+                r,
+                "lifecycle_cdc_commit_to_kafka_seconds",
+                "Seconds from a source commit to Kafka's acknowledgement of its last change",
+                exponential_buckets(0.001, 2.0, 16)?,
+            )?,
+        })
+    }
+}

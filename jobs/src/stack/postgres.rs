@@ -105,11 +105,13 @@ pub async fn up(cfg: &LifecycleConfig) -> Result<(), StackError> {
             Command::new("chown").args(["postgres:postgres"]).arg(&log).status().ok();
         }
         // wal_level=logical and the slots and senders: the CDC connector streams
-        // changes over logical replication. pg_stat_statements: what each
-        // statement costs, for operators and benchmarks.
+        // changes over logical replication; a slot nobody reads any more keeps
+        // at most 4 GB of WAL, then the server invalidates it (the connector
+        // then snapshots again) instead of filling the disk. pg_stat_statements:
+        // what each statement costs, for operators and benchmarks.
         let opts = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=200 \
-             -c shared_buffers=256MB -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 \
+             -c shared_buffers=256MB -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 -c max_slot_wal_keep_size=4GB \
              -c shared_preload_libraries=pg_stat_statements",
             dir.display()
         );

@@ -2,13 +2,14 @@
 //! run is pure and lives in `lifecycle_pipeline`.
 
 pub mod analytics;
+pub mod cdc;
 pub(crate) mod common;
 pub(crate) mod isolate;
 pub mod profile;
 pub mod validate;
 pub mod workflows;
 
-use lifecycle_pipeline::metrics::{AnalyticsMetrics, ProfileMetrics, ValidateMetrics, WorkflowMetrics};
+use lifecycle_pipeline::metrics::{AnalyticsMetrics, CdcMetrics, ProfileMetrics, ValidateMetrics, WorkflowMetrics};
 
 /// A stage's metrics, registered in the stage's own registry.
 pub trait StageMetrics: Clone + Sized {
@@ -29,6 +30,12 @@ impl StageMetrics for ProfileMetrics {
 }
 
 impl StageMetrics for WorkflowMetrics {
+    fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        Self::register(r)
+    }
+}
+
+impl StageMetrics for CdcMetrics {
     fn register_in(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         Self::register(r)
     }

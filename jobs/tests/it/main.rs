@@ -5,6 +5,7 @@
 mod analytics_api;
 mod analytics_sink;
 mod api_contract;
+mod cdc;
 mod clickhouse;
 mod clickhouse_compat;
 mod clickhouse_outage;
