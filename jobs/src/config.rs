@@ -349,6 +349,7 @@ mod tests {
         assert_eq!(cfg.profile, defaults.profile);
         assert_eq!(cfg.validate, defaults.validate);
         assert_eq!(cfg.workflows, defaults.workflows);
+        assert_eq!(cfg.cdc, defaults.cdc);
         let ports = |s: &crate::stack::StackConfig| {
             (s.kafka_port, s.kafka_controller_port, s.postgres_port, s.clickhouse_http_port, s.clickhouse_tcp_port)
         };

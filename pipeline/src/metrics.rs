@@ -420,7 +420,7 @@ pub struct CdcMetrics {
     pub tombstones: IntCounter,
     /// Source transactions streamed.
     pub transactions: IntCounter,
-    /// Reconnections to PostgreSQL or retries of a Kafka batch, by cause.
+    /// Sessions restarted (`session`: PostgreSQL or Kafka failed) and Kafka batches that failed (`kafka`).
     pub retries: IntCounterVec,
     /// WAL bytes between the server's current position and the slot's confirmed one.
     pub slot_lag_bytes: IntGauge,

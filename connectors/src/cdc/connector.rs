@@ -278,12 +278,18 @@ impl Connector {
             if stopping {
                 return Ok(());
             }
-            match self.session(&mut shutdown).await {
+            let began = Instant::now();
+            let outcome = self.session(&mut shutdown).await;
+            // A session that streamed a while was healthy: back off from the start again.
+            if began.elapsed() > Duration::from_secs(30) {
+                attempt = 0;
+            }
+            match outcome {
                 Ok(()) => return Ok(()),
                 Err(CdcError::Config(m)) => return Err(CdcError::Config(m)),
                 Err(CdcError::Unavailable(m)) => {
                     (self.progress)(Some(&m));
-                    self.metrics.retries.with_label_values(&["postgres"]).inc();
+                    self.metrics.retries.with_label_values(&["session"]).inc();
                     let wait = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
                     tracing::warn!(error = %m, wait_ms = wait.as_millis() as u64, "CDC session ended; reconnecting");
                     attempt += 1;

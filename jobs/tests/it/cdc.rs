@@ -392,3 +392,137 @@ async fn killed_with_sigkill_mid_stream_loses_no_committed_change() {
     exec(&pool, &format!("DROP PUBLICATION {schema}")).await;
     exec(&pool, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
+
+/// A PostgreSQL server of the test's own: 200,000 rows are snapshotted while a
+/// writer keeps inserting, updating and deleting them, and later the server is
+/// crashed (`pg_ctl stop -m immediate`) and started while changes stream. The
+/// connector reconnects by itself; afterwards the last event of every key on
+/// the topic equals the table's final row (or says it is deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_under_writes_and_a_postgres_crash_end_with_the_tables_final_state() {
+    use lifecycle_jobs::stack::{StackConfig, postgres as pg_server};
+    use rand::Rng as _;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const ROWS: i32 = 200_000;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let dir = std::env::temp_dir().join(format!("lifecycle-t-cdcpg-{id}"));
+    let mut cfg = LifecycleConfig {
+        stack: StackConfig {
+            data_dir: dir.join("stack"),
+            postgres_port: crate::common::free_port(),
+            ..StackConfig::default()
+        },
+        ..LifecycleConfig::default()
+    };
+    for sub in ["logs", "run"] {
+        std::fs::create_dir_all(cfg.stack.data_dir.join(sub)).expect("stack dirs");
+    }
+    cfg.postgres.url = format!("postgres://lifecycle@127.0.0.1:{}/lifecycle", cfg.stack.postgres_port);
+    let pg = crate::faults::PgServer(cfg.clone());
+    pg_server::up(&pg.0).await.expect("a PostgreSQL server of the test's own");
+    let pool = lifecycle_connectors::postgres::connect_and_migrate(&cfg.postgres).await.expect("db");
+    exec(&pool, "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text)").await;
+    exec(&pool, &format!("INSERT INTO items SELECT g, 0, 'row ' || g FROM generate_series(1, {ROWS}) g")).await;
+
+    let cdc = CdcConfig {
+        tables: vec!["public.items".into()],
+        slot: "items".into(),
+        publication: "items".into(),
+        topic_prefix: format!("t-cdcpg-{id}"),
+        heartbeat_interval_ms: 1000,
+        metrics_addr: None,
+        ..CdcConfig::default()
+    };
+    let topic = format!("t-cdcpg-{id}.public.items");
+
+    // The writer: random changes until told to stop; errors (the server down) are waited out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (pool, stop, committed) = (pool.clone(), stop.clone(), committed.clone());
+        tokio::spawn(async move {
+            let mut next = ROWS;
+            while !stop.load(Ordering::Relaxed) {
+                let sql = {
+                    let mut rng = rand::rng();
+                    let k = rng.random_range(1..=next);
+                    match rng.random_range(0..10) {
+                        0..=5 => format!("UPDATE items SET v = v + 1, note = 'u' || v WHERE id = {k}"),
+                        6..=7 => {
+                            next += 1;
+                            format!("INSERT INTO items VALUES ({next}, 0, 'new')")
+                        }
+                        _ => format!("DELETE FROM items WHERE id = {k}"),
+                    }
+                };
+                match sqlx::query(&sql).execute(&pool).await {
+                    Ok(_) => {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = start(&cfg, &cdc, &pool).await;
+
+    // The snapshot finishes while the writer goes on.
+    let snapshot_done = || async {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM cdc_snapshots WHERE slot = 'items')")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !snapshot_done().await && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(snapshot_done().await, "the snapshot finished");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg_server::crash(&pg.0.stack).expect("crash PostgreSQL");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg_server::up(&pg.0).await.expect("PostgreSQL recovers and starts");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    // A last change marks the end of the stream.
+    exec(&pool, "INSERT INTO items VALUES (-1, 0, 'end')").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut events = read_topic(&cfg, &topic);
+    while !events.iter().any(|c| c.key == serde_json::json!({"id": -1})) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        events = read_topic(&cfg, &topic);
+    }
+    running.stop().await;
+
+    let mut last: HashMap<String, Json> = HashMap::new();
+    for c in events.iter().filter(|c| !c.value.is_null()) {
+        last.insert(c.key.to_string(), c.value["after"].clone());
+    }
+    let rows: Vec<Json> = sqlx::query_scalar("SELECT to_jsonb(x) FROM items x").fetch_all(&pool).await.expect("rows");
+    let in_db: HashMap<String, Json> =
+        rows.into_iter().map(|r| (serde_json::json!({"id": r["id"]}).to_string(), r)).collect();
+    let mut wrong = Vec::new();
+    for (k, row) in &in_db {
+        if last.get(k) != Some(row) {
+            wrong.push(format!("{k}: table {row}, topic {:?}", last.get(k)));
+        }
+    }
+    for (k, after) in &last {
+        if !in_db.contains_key(k) && !after.is_null() {
+            wrong.push(format!("{k}: deleted, topic still {after}"));
+        }
+    }
+    println!(
+        "cdc snapshot+crash test: {ROWS} rows snapshotted, {} changes committed by the writer, {} events on the topic",
+        committed.load(Ordering::Relaxed),
+        events.len()
+    );
+    assert!(wrong.is_empty(), "{} keys differ, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    drop(pool);
+    drop(pg);
+}

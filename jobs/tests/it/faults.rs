@@ -107,7 +107,7 @@ async fn pipe(mut r: tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::Own
 
 /// A PostgreSQL server of the test's own (own data directory and port), so
 /// crashing it disturbs no other test; removed when dropped.
-struct PgServer(LifecycleConfig);
+pub(crate) struct PgServer(pub(crate) LifecycleConfig);
 
 impl Drop for PgServer {
     fn drop(&mut self) {
