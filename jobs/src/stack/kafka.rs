@@ -353,24 +353,12 @@ impl Cluster {
         n: u16,
         heap_mib: u32,
     ) -> Result<Self, StackError> {
-        Self::start_advertising(s, dir, first_port, n, heap_mib, &[]).await
+        Self::start_with(s, dir, first_port, n, heap_mib, &[], &[]).await
     }
 
     /// As [`Cluster::start`], but node `i` tells clients to connect to
-    /// `advertised[i]` (a proxy that forwards to its own port) when given.
-    pub async fn start_advertising(
-        s: &StackConfig,
-        dir: &Path,
-        first_port: u16,
-        n: u16,
-        heap_mib: u32,
-        advertised: &[u16],
-    ) -> Result<Self, StackError> {
-        Self::start_with(s, dir, first_port, n, heap_mib, advertised, &[]).await
-    }
-
-    /// As [`Cluster::start_advertising`], with further `key=value` lines in
-    /// every node's server.properties.
+    /// `advertised[i]` (a proxy that forwards to its own port) when given, and
+    /// every node's server.properties gets the further `key=value` lines `extra`.
     pub async fn start_with(
         s: &StackConfig,
         dir: &Path,

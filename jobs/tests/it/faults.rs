@@ -165,13 +165,14 @@ async fn broker_killed_network_slowed_postgres_crashed_and_stages_killed_under_l
     // One broker behind the proxy.
     let proxy = DelayProxy::start(BROKER_PORT).await;
     let shared = LifecycleConfig::default().stack;
-    let mut broker = KafkaCluster::start_advertising(
+    let mut broker = KafkaCluster::start_with(
         &shared,
         &shared.data_dir.join("kafka-faults"),
         BROKER_PORT,
         1,
         512,
         &[proxy.port],
+        &[],
     )
     .await
     .expect("one Kafka broker");
